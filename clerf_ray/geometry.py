@@ -96,7 +96,9 @@ def _trace(M: Array) -> Array:
 def _rot(axis: str, angle: Array) -> Array:
     """Right-handed rotation by ``angle`` (radians, shape (...)) about ``axis``: (..., 3, 3)."""
     angle = _as_float(angle)
-    c, s = (torch.cos(angle), torch.sin(angle)) if _is_torch(angle) else (np.cos(angle), np.sin(angle))
+    c, s = (
+        (torch.cos(angle), torch.sin(angle)) if _is_torch(angle) else (np.cos(angle), np.sin(angle))
+    )
     one, zero = c * 0 + 1, c * 0
     if axis == "x":
         rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
@@ -138,10 +140,16 @@ def euler_to_matrix(pitch: Array, yaw: Array, roll: Array) -> Array:
     """
     if _is_torch(pitch) or _is_torch(yaw) or _is_torch(roll):
         ref = next(a for a in (pitch, yaw, roll) if _is_torch(a))
-        pitch, yaw, roll = (torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (pitch, yaw, roll))
-        pitch, yaw, roll = torch.broadcast_tensors(_as_float(pitch), _as_float(yaw), _as_float(roll))
+        pitch, yaw, roll = (
+            torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (pitch, yaw, roll)
+        )
+        pitch, yaw, roll = torch.broadcast_tensors(
+            _as_float(pitch), _as_float(yaw), _as_float(roll)
+        )
     else:
-        pitch, yaw, roll = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (pitch, yaw, roll)))
+        pitch, yaw, roll = np.broadcast_arrays(
+            *(np.asarray(a, dtype=np.float64) for a in (pitch, yaw, roll))
+        )
     return rot_z(roll) @ rot_y(yaw) @ rot_x(pitch)
 
 
@@ -222,11 +230,15 @@ def geodesic_distance(A: Array, B: Array) -> Array:
     """
     A, B = _as_float(A), _as_float(B)
     M = _swap(A) @ B
-    v = _stack([M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1)
+    v = _stack(
+        [M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1
+    )
     sq = (v * v).sum(-1)
     if _is_torch(sq):
         zero = sq <= 0
-        n = torch.where(zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, torch.ones_like(sq), sq)))
+        n = torch.where(
+            zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, torch.ones_like(sq), sq))
+        )
     else:
         n = np.sqrt(sq)
     return _atan2(n, _trace(M) - 1.0)
@@ -257,7 +269,9 @@ def euler_errors(pred: Array, true: Array) -> Array:
         if x.shape[-2:] == (3, 3):
             x = _stack(list(matrix_to_euler(x)), -1)
         elif x.shape[-1] != 3:
-            raise ValueError(f"expected (..., 3, 3) matrices or (..., 3) Euler angles, got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected (..., 3, 3) matrices or (..., 3) Euler angles, got {tuple(x.shape)}"
+            )
         return x * (180.0 / math.pi)
 
     return _wrap_deg(to_deg(pred) - to_deg(true))

@@ -1,5 +1,11 @@
 """Renderers: ``make_renderer(name, **options).render(identities, R) -> images``."""
 
-from clerf_ray.render.base import PoseRange, Renderer, list_renderers, make_renderer, register_renderer
+from clerf_ray.render.base import (
+    PoseRange,
+    Renderer,
+    list_renderers,
+    make_renderer,
+    register_renderer,
+)
 
 __all__ = ["PoseRange", "Renderer", "list_renderers", "make_renderer", "register_renderer"]

@@ -25,13 +25,20 @@ class PoseRange:
 
     @property
     def full(self) -> bool:
-        return self.yaw[0] <= -180.0 and self.yaw[1] >= 180.0 and self.pitch[0] <= -90.0 and self.pitch[1] >= 90.0
+        return (
+            self.yaw[0] <= -180.0
+            and self.yaw[1] >= 180.0
+            and self.pitch[0] <= -90.0
+            and self.pitch[1] >= 90.0
+        )
 
     def contains(self, R: np.ndarray, tol_deg: float = 1e-6) -> np.ndarray:
         """Boolean mask (...) of the labels (..., 3, 3) this range covers."""
         if self.full:
             return np.ones(np.asarray(R).shape[:-2], dtype=bool)
-        pitch, yaw, _ = (np.degrees(a) for a in geometry.orbit_decomposition(np.asarray(R, dtype=np.float64)))
+        pitch, yaw, _ = (
+            np.degrees(a) for a in geometry.orbit_decomposition(np.asarray(R, dtype=np.float64))
+        )
         return (
             (yaw >= self.yaw[0] - tol_deg)
             & (yaw <= self.yaw[1] + tol_deg)
@@ -70,9 +77,13 @@ class Renderer(abc.ABC):
         identities = np.asarray(identities)
         R = np.asarray(R, dtype=np.float64)
         if identities.ndim != 1 or not np.issubdtype(identities.dtype, np.integer):
-            raise ValueError(f"identities must be a 1-D integer array, got shape {identities.shape} {identities.dtype}")
+            raise ValueError(
+                f"identities must be a 1-D integer array, got shape {identities.shape} {identities.dtype}"
+            )
         if R.shape != (len(identities), 3, 3):
-            raise ValueError(f"R must have shape ({len(identities)}, 3, 3) to match identities, got {R.shape}")
+            raise ValueError(
+                f"R must have shape ({len(identities)}, 3, 3) to match identities, got {R.shape}"
+            )
         inside = self.pose_range.contains(R, tol_deg=0.5)
         if not inside.all():
             bad = int(np.flatnonzero(~inside)[0])
