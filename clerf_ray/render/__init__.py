@@ -6,6 +6,14 @@ from clerf_ray.render.base import (
     list_renderers,
     make_renderer,
     register_renderer,
+    renderer_class,
 )
 
-__all__ = ["PoseRange", "Renderer", "list_renderers", "make_renderer", "register_renderer"]
+__all__ = [
+    "PoseRange",
+    "Renderer",
+    "list_renderers",
+    "make_renderer",
+    "register_renderer",
+    "renderer_class",
+]

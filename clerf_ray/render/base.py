@@ -114,8 +114,14 @@ def list_renderers() -> list[str]:
     return sorted(_RENDERERS)
 
 
-def make_renderer(name: str, **options) -> Renderer:
-    """Build the renderer registered as ``name`` with its keyword ``options``."""
+def renderer_class(name: str) -> type[Renderer]:
+    """The class (factory) registered as ``name``, e.g. to read its ``pose_range`` without
+    building it (a GAN backend loads weights when built)."""
     if name not in _RENDERERS:
         raise ValueError(f"unknown renderer {name!r}; available: {', '.join(list_renderers())}")
-    return _RENDERERS[name](**options)
+    return _RENDERERS[name]
+
+
+def make_renderer(name: str, **options) -> Renderer:
+    """Build the renderer registered as ``name`` with its keyword ``options``."""
+    return renderer_class(name)(**options)
