@@ -1,0 +1,419 @@
+"""EG3D and PanoHead backends, driven by a stand-in generator (no checkout or weights here).
+
+Every test builds a fake checkout in tmp_path (``training/``, ``torch_utils/``, ``dnnlib/``,
+with ``training/standin_generator.py``), pickles ``{'G_ema': StandinGenerator(...)}`` and loads
+it through the backends' real code path: checkout resolution, ``sys.path`` insertion and
+unpickling. The stand-in projects coloured spheres through the camera it receives, so the
+expected feature positions are computed here independently, from the label convention of
+DESIGN.md (``R_cam = C R^T C``, pinhole projection), without the code under test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clerf_ray.render import gan, make_renderer, renderer_class
+
+STANDIN_SOURCE = Path(__file__).with_name("standin_generator.py")
+RES = 96  # the stand-in's native resolution
+Z_DIM = 16
+FOCAL = 4.2647
+RADIUS = 2.7
+C = np.diag([1.0, -1.0, -1.0])
+PIVOTS = {"eg3d": (0.0, 0.0, 0.2), "panohead": (0.0, 0.0, 0.0)}
+# Stand-in features in world coordinates (y up, head facing +z); see standin_generator.py.
+NOSE = np.array([0.0, -0.03, 0.28])
+EYE_GREEN = np.array([0.1, 0.07, 0.22])  # world +x: the person's left eye
+EYE_BLUE = np.array([-0.1, 0.07, 0.22])
+
+
+# --------------------------------------------------------------------------- fake checkouts
+
+
+def _location(module) -> str | None:
+    path = getattr(module, "__file__", None)
+    if path is None and getattr(module, "__path__", None) is not None:
+        path = next(iter(module.__path__), None)
+    return None if path is None else os.path.realpath(path)
+
+
+def _forget(root: Path) -> None:
+    """Remove every trace of a fake checkout from this (shared) test process."""
+    root_s = os.path.realpath(root)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p) != root_s]
+    for name, module in list(sys.modules.items()):
+        where = _location(module)
+        if where is not None and (where == root_s or where.startswith(root_s + os.sep)):
+            del sys.modules[name]
+    for key in [k for k in gan._LOADED_CHECKOUTS if k == root_s or k.startswith(root_s + os.sep)]:
+        del gan._LOADED_CHECKOUTS[key]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def fake_checkout(tmp_path):
+    """Factory: ``make(name, nested=None) -> (checkout, pkl)``; cleans sys.path/sys.modules."""
+    roots: list[Path] = []
+
+    def make(name: str = "ckpt", nested: str | None = None, **standin_kwargs):
+        clone = tmp_path / name
+        code = clone / nested if nested else clone
+        for pkg in ("training", "torch_utils", "dnnlib"):
+            (code / pkg).mkdir(parents=True)
+            (code / pkg / "__init__.py").write_text("")
+        shutil.copy(STANDIN_SOURCE, code / "training" / "standin_generator.py")
+        roots.append(clone)
+        # Pickle the class as imported from the fake checkout (module training.standin_generator),
+        # then forget it, so the backend must put the checkout on sys.path to unpickle it.
+        sys.path.insert(0, str(code))
+        try:
+            module = importlib.import_module("training.standin_generator")
+            G = module.StandinGenerator(z_dim=Z_DIM, img_resolution=RES, **standin_kwargs)
+            pkl = tmp_path / f"{name}.pkl"
+            with open(pkl, "wb") as f:
+                pickle.dump({"G": G, "G_ema": G}, f)
+        finally:
+            _forget(clone)
+        return clone, pkl
+
+    yield make
+    for root in roots:
+        _forget(root)
+
+
+def _label(pitch=0.0, yaw=0.0, roll=0.0) -> np.ndarray:
+    """R = Rz(roll) Ry(yaw) Rx(pitch), degrees in, written out here (not from geometry)."""
+    p, y, r = np.radians([pitch, yaw, roll])
+    Rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    Ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    Rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx
+
+
+def _expected_pixel(point_world, R, pivot, size):
+    """Where the head point lands for label R: the head turns by R_cam = C R^T C about the pivot
+    in front of a camera at distance RADIUS; pinhole projection, pixel centres at i + 0.5."""
+    R_cam = C @ R.T @ C
+    p = R_cam @ (C @ (np.asarray(point_world) - np.asarray(pivot))) + np.array([0, 0, RADIUS])
+    return np.array([FOCAL * p[0] / p[2] + 0.5, FOCAL * p[1] / p[2] + 0.5]) * size
+
+
+def _centroid(image, colour):
+    """(x, y) centroid, in pixel-centre coordinates, of the pixels of one pure feature colour."""
+    img = image.astype(int)
+    hi = img[..., "rgb".index(colour)] > 180
+    lo = np.delete(img, "rgb".index(colour), axis=-1).max(-1) < 90
+    ys, xs = np.nonzero(hi & lo)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.mean() + 0.5, ys.mean() + 0.5])
+
+
+def _frontal_c(pivot):
+    """The frontal camera written out: camera axes (x, -y, -z) at pivot + (0, 0, RADIUS)."""
+    px, py, pz = pivot
+    return np.array(
+        [1, 0, 0, px, 0, -1, 0, py, 0, 0, -1, pz + RADIUS, 0, 0, 0, 1]
+        + [FOCAL, 0, 0.5, 0, FOCAL, 0.5, 0, 0, 1],
+        dtype=np.float32,
+    )
+
+
+def _calls(renderer, fn):
+    return [c for c in renderer.G.calls if c["fn"] == fn]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_standin_registered_pose_ranges():
+    eg3d, pano = renderer_class("eg3d"), renderer_class("panohead")
+    assert (eg3d.pose_range.yaw, eg3d.pose_range.pitch) == ((-90.0, 90.0), (-45.0, 45.0))
+    assert (pano.pose_range.yaw, pano.pose_range.pitch) == ((-180.0, 180.0), (-60.0, 60.0))
+
+
+def test_standin_pickle_needs_the_checkout_on_sys_path(fake_checkout):
+    checkout, pkl = fake_checkout()
+    # Without the checkout importable the pickle cannot be read: the backend must add it.
+    with open(pkl, "rb") as f, pytest.raises(ModuleNotFoundError):
+        pickle.load(f)
+    r = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    assert str(os.path.realpath(checkout)) in sys.path
+    assert type(r.G).__module__ == "training.standin_generator"
+    assert sys.modules["training"].__file__.startswith(os.path.realpath(checkout))
+
+
+def test_standin_output_dtype_shape_range(fake_checkout):
+    checkout, pkl = fake_checkout()
+    r = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    R = np.stack([_label(), _label(yaw=40, pitch=-10), _label(roll=150)])
+    out = r.render(np.array([0, 1, 2]), R)
+    assert out.dtype == np.uint8 and out.shape == (3, RES, RES, 3)
+    # Background -0.8 -> 25.5, pure red nose -> 255: the [-1, 1] -> [0, 255] mapping.
+    assert abs(np.median(out[:, :4, :4].astype(float)) - 25.5) <= 5
+    assert out[0][..., 0].max() >= 250
+    assert r.render(np.zeros(0, np.int64), np.zeros((0, 3, 3))).shape == (0, RES, RES, 3)
+
+
+def test_standin_latents_and_frontal_conditioning(fake_checkout):
+    checkout, pkl = fake_checkout()
+    for backend in ("eg3d", "panohead"):
+        _forget(checkout)  # as in a fresh process: one backend per process
+        pivot = PIVOTS[backend]
+        r = make_renderer(
+            backend, checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu",
+            truncation_psi=0.6, truncation_cutoff=3,
+        )  # fmt: skip
+        ids = np.array([11, 4242])
+        r.render(ids, np.stack([_label(yaw=30), _label(pitch=20)]))
+        (m,), (s,) = _calls(r, "mapping"), _calls(r, "synthesis")
+        for i, seed in enumerate(ids):
+            z = np.random.RandomState(seed).randn(Z_DIM)
+            np.testing.assert_allclose(m["z"][i].numpy(), z, rtol=1e-6)
+            # The mapping sees the frontal camera whatever the pose: identity stays put.
+            np.testing.assert_allclose(m["c"][i].numpy(), _frontal_c(pivot), atol=1e-6)
+        assert m["truncation_psi"] == 0.6 and m["truncation_cutoff"] == 3
+        assert s["noise_mode"] == "const"
+        # Target cameras, written out: yaw +30 puts the camera toward world +x (the nose then
+        # points to the image's left); pitch +20 puts it below the face, looking up.
+        t, u = np.radians(30), np.radians(20)
+        pos_yaw = np.array(pivot) + RADIUS * np.array([np.sin(t), 0, np.cos(t)])
+        rot_yaw = np.array([[np.cos(t), 0, -np.sin(t)], [0, -1, 0], [-np.sin(t), 0, -np.cos(t)]])
+        pos_pitch = np.array(pivot) + RADIUS * np.array([0, -np.sin(u), np.cos(u)])
+        # Columns: camera x, y (down, perpendicular to the view), z (toward the pivot).
+        rot_pitch = np.stack(
+            [[1, 0, 0], [0, -np.cos(u), -np.sin(u)], [0, np.sin(u), -np.cos(u)]], axis=1
+        )
+        for c, pos, rot in ((s["c"][0], pos_yaw, rot_yaw), (s["c"][1], pos_pitch, rot_pitch)):
+            M = c[:16].numpy().reshape(4, 4)
+            np.testing.assert_allclose(M[:3, 3], pos, atol=1e-5)
+            np.testing.assert_allclose(M[:3, :3], rot, atol=1e-6)
+            np.testing.assert_allclose(M[3], [0, 0, 0, 1], atol=0)
+            np.testing.assert_allclose(c[16:].numpy(), _frontal_c(pivot)[16:], atol=1e-6)
+
+
+def test_standin_identity_determinism(fake_checkout):
+    checkout, pkl = fake_checkout()
+    r = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    ids = np.array([3, 8, 3])
+    R = np.stack([_label(yaw=20), _label(pitch=-15, roll=30), _label(yaw=-35)])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = r.render(ids, R)
+    # The caller's random state is untouched, and a different one changes nothing.
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)
+    b = r.render(ids, R)
+    np.testing.assert_array_equal(a, b)
+    # A second renderer of the same pickle renders the same people.
+    r2 = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    np.testing.assert_array_equal(r2.render(ids, R), a)
+    # The stand-in jitters with the global generator, so the seed matters: different chunks differ.
+    assert not np.array_equal(r.render(ids[:1], R[:1])[0], r.render(ids[:1], R[2:3])[0])
+    # batch_size=1: an image depends on its own identity and pose only, not on its neighbours.
+    r1 = make_renderer(
+        "eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu", batch_size=1
+    )
+    alone = r1.render(ids[1:2], R[1:2])[0]
+    np.testing.assert_array_equal(r1.render(ids[::-1], R[::-1])[1], alone)
+    # Identity shows in the head colour: seeds 3 and 8 differ, seed 3 keeps its colour across poses.
+    centre = (slice(RES // 2 + 12, RES // 2 + 20), slice(RES // 2 - 4, RES // 2 + 4))
+    face = r.render(ids, np.stack([_label()] * 3))
+    colour = face[(slice(None), *centre)].reshape(3, -1, 3).mean(1)
+    assert np.abs(colour[0] - colour[1]).max() > 10
+    assert np.abs(colour[0] - colour[2]).max() < 3
+
+
+@pytest.mark.parametrize("backend", ["eg3d", "panohead"])
+def test_standin_features_land_where_the_label_puts_them(fake_checkout, backend):
+    checkout, pkl = fake_checkout()
+    r = make_renderer(backend, checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    labels = [
+        _label(),
+        _label(yaw=30),
+        _label(yaw=-45, pitch=15),
+        _label(pitch=25),
+        _label(roll=40),
+        _label(yaw=20, pitch=-10, roll=-70),
+        _label(yaw=-25, roll=160),
+    ]
+    R = np.stack(labels)
+    assert r.pose_range.contains(R).all()
+    out = r.render(np.arange(len(R)), R)
+    for i, Ri in enumerate(R):
+        for point, colour in ((NOSE, "r"), (EYE_GREEN, "g"), (EYE_BLUE, "b")):
+            want = _expected_pixel(point, Ri, PIVOTS[backend], RES)
+            got = _centroid(out[i], colour)
+            assert got is not None, (i, colour)
+            np.testing.assert_allclose(got, want, atol=1.0, err_msg=f"label {i} colour {colour}")
+    # The direction of the conventions, stated plainly: yaw > 0 moves the nose to the left.
+    assert _centroid(out[1], "r")[0] < _centroid(out[0], "r")[0] - 4
+    # pitch > 0 (head up) moves the nose up the image.
+    assert _centroid(out[3], "r")[1] < _centroid(out[0], "r")[1] - 5
+
+
+def test_standin_panohead_renders_the_back_of_the_head(fake_checkout):
+    checkout, pkl = fake_checkout()
+    r = make_renderer("panohead", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    out = r.render(np.array([1, 1]), np.stack([_label(), _label(yaw=180)]))
+    assert _centroid(out[0], "r") is not None
+    # Seen from behind, the head hides the nose and eyes.
+    assert all(_centroid(out[1], c) is None for c in "rgb")
+    cam = _calls(r, "synthesis")[0]["c"][1].numpy()
+    assert cam[11] < -2.0  # camera z: behind the head (world z < 0)
+
+
+def test_standin_roll_sign(fake_checkout):
+    checkout, pkl = fake_checkout()
+    r = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=RES, device="cpu")
+    rolled, upright = r.render(np.array([5, 5]), np.stack([_label(roll=25), _label()]))
+    # roll > 0: the eye line slopes down toward the image's right. The green eye (the person's
+    # left) is on the image's right.
+    g, b = _centroid(rolled, "g"), _centroid(rolled, "b")
+    assert g[0] > b[0] and g[1] > b[1] + 3
+    slope = np.degrees(np.arctan2(g[1] - b[1], g[0] - b[0]))
+    assert abs(slope - 25) < 3
+    # Same as turning the upright render clockwise by 25 deg (PIL: negative = clockwise).
+    expect = np.asarray(Image.fromarray(upright).rotate(-25, resample=Image.BILINEAR))
+    wrong = np.asarray(Image.fromarray(upright).rotate(25, resample=Image.BILINEAR))
+    yy, xx = np.mgrid[:RES, :RES] + 0.5
+    inner = (xx - RES / 2) ** 2 + (yy - RES / 2) ** 2 < (0.4 * RES) ** 2  # away from the corners
+    err = np.abs(rolled.astype(float) - expect)[inner].mean()
+    err_wrong = np.abs(rolled.astype(float) - wrong)[inner].mean()
+    assert err < 3 and err_wrong > 4 * err
+
+
+def test_standin_image_size_resize(fake_checkout):
+    checkout, pkl = fake_checkout()
+    opts = dict(checkout=checkout, network_pkl=pkl, device="cpu")
+    ids, R = np.array([7, 9]), np.stack([_label(yaw=25), _label(pitch=-20)])
+    native = make_renderer("eg3d", image_size=RES, **opts).render(ids, R)
+    small = make_renderer("eg3d", image_size=32, **opts).render(ids, R)
+    large = make_renderer("eg3d", image_size=128, **opts).render(ids, R)
+    assert small.shape == (2, 32, 32, 3) and large.shape == (2, 128, 128, 3)
+    for i in range(2):
+        # PIL's antialiased bilinear resize of the native render, as an independent reference.
+        for out, size in ((small, 32), (large, 128)):
+            ref = np.asarray(Image.fromarray(native[i]).resize((size, size), Image.BILINEAR))
+            assert np.abs(out[i].astype(int) - ref).max() <= 2
+        # The nose keeps its relative place.
+        np.testing.assert_allclose(
+            _centroid(small[i], "r") / 32, _centroid(native[i], "r") / RES, atol=1 / 32
+        )
+
+
+@pytest.mark.parametrize(
+    "backend, where", [("eg3d", "catalog.ngc.nvidia.com"), ("panohead", "SizheAn/PanoHead")]
+)
+def test_standin_missing_checkout_or_pickle_names_the_option(
+    fake_checkout, tmp_path, backend, where
+):
+    checkout, pkl = fake_checkout()
+    with pytest.raises(ValueError, match="checkout=") as e:
+        make_renderer(backend, network_pkl=pkl)
+    assert where in str(e.value)
+    with pytest.raises(ValueError, match="checkout=.*not a directory"):
+        make_renderer(backend, checkout=tmp_path / "nowhere", network_pkl=pkl)
+    (tmp_path / "half" / "training").mkdir(parents=True)
+    with pytest.raises(ValueError, match="checkout=.*lacks torch_utils/, dnnlib/"):
+        make_renderer(backend, checkout=tmp_path / "half", network_pkl=pkl)
+    path_before = list(sys.path)
+    with pytest.raises(ValueError, match="network_pkl=") as e:
+        make_renderer(backend, checkout=checkout)
+    assert where in str(e.value)
+    assert sys.path == path_before  # nothing imported for a renderer that cannot be built
+    with pytest.raises(ValueError, match="network_pkl=.*does not exist"):
+        make_renderer(backend, checkout=checkout, network_pkl=tmp_path / "missing.pkl")
+
+
+def test_standin_pose_range_violations_rejected(fake_checkout):
+    checkout, pkl = fake_checkout()
+    eg3d = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=32, device="cpu")
+    for bad in (_label(yaw=100), _label(yaw=-120), _label(pitch=50)):
+        with pytest.raises(ValueError, match="cannot render"):
+            eg3d.render(np.array([0]), bad[None])
+    # Roll never limits a backend: it is an image rotation.
+    assert eg3d.render(np.array([0]), _label(yaw=80, roll=-179)[None]).shape == (1, 32, 32, 3)
+    for bad_id in (-1, 2**32):
+        with pytest.raises(ValueError, match="identity seeds"):
+            eg3d.render(np.array([bad_id]), _label()[None])
+    _forget(checkout)  # as in a fresh process: one backend per process
+    pano = make_renderer(
+        "panohead", checkout=checkout, network_pkl=pkl, image_size=32, device="cpu"
+    )
+    assert pano.render(np.array([0]), _label(yaw=170)[None]).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="cannot render"):
+        pano.render(np.array([0]), _label(pitch=70)[None])
+
+
+def test_standin_second_backend_in_one_process_is_refused(fake_checkout):
+    a, pkl_a = fake_checkout("eg3d_clone", nested="eg3d")  # EG3D's layout: code in eg3d/eg3d
+    b, pkl_b = fake_checkout("panohead_clone")
+    r = make_renderer("eg3d", checkout=a, network_pkl=pkl_a, image_size=32, device="cpu")
+    assert r.checkout == Path(os.path.realpath(a / "eg3d"))
+    with pytest.raises(RuntimeError, match="already imported .*by the eg3d renderer.*separate"):
+        make_renderer("panohead", checkout=b, network_pkl=pkl_b, device="cpu")
+    with pytest.raises(RuntimeError, match="already imported"):
+        make_renderer("eg3d", checkout=b, network_pkl=pkl_b, device="cpu")
+    # The same checkout again is fine.
+    make_renderer("eg3d", checkout=a, network_pkl=pkl_a, image_size=32, device="cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_standin_network_pkl_from_s3(fake_checkout, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    checkout, pkl = fake_checkout()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="weights")
+        s3.upload_file(str(pkl), "weights", "gan/standin.pkl")
+        opts = dict(checkout=checkout, image_size=48, device="cpu")
+        from_s3 = make_renderer(
+            "eg3d",
+            network_pkl="s3://weights/gan/standin.pkl",
+            storage_options={"endpoint_url": endpoint, "skip_instance_cache": True},
+            **opts,
+        )
+        ids, R = np.array([1, 2]), np.stack([_label(yaw=10), _label(pitch=-30)])
+        np.testing.assert_array_equal(
+            from_s3.render(ids, R), make_renderer("eg3d", network_pkl=pkl, **opts).render(ids, R)
+        )
+        with pytest.raises(ValueError, match="network_pkl='s3://weights/nope.pkl' does not exist"):
+            make_renderer(
+                "eg3d",
+                network_pkl="s3://weights/nope.pkl",
+                storage_options={"endpoint_url": endpoint, "skip_instance_cache": True},
+                **opts,
+            )
+    finally:
+        server.stop()
