@@ -1,0 +1,398 @@
+"""Encoder, pose head, factories, pretrained weights and the safetensors/JSON model format."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from clerf_ray.models import (
+    EncoderConfig,
+    HeadConfig,
+    PoseModel,
+    create_encoder,
+    create_head,
+    load_model,
+    save_model,
+)
+
+SMALL = dict(backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+
+
+def _marker_pickle(path, marker):
+    """A pickle that, if ever unpickled, creates ``marker`` (it must never be)."""
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path.write_bytes(pickle.dumps({"fc.weight": Payload()}))
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def test_encoder_embedding_shape_and_unit_norm(images):
+    torch.manual_seed(0)
+    enc = create_encoder(**SMALL).eval()
+    x = enc.preprocess(images)
+    z, f = enc(x, return_features=True)
+    assert z.shape == (3, 16)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+    assert f.shape == (3, enc.num_features) == (3, 512)
+    # features() is the backbone's own pooled output, before projection and normalisation.
+    torch.testing.assert_close(enc.features(x), enc.backbone(x))
+    assert not torch.allclose(f.norm(dim=1), torch.ones(3))
+
+
+def test_preprocess_scales_normalises_and_transposes(images):
+    enc = create_encoder(**SMALL)
+    x = enc.preprocess(images)
+    # resnet10t's pretrained_cfg carries ImageNet statistics.
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    expected = ((images / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+    assert x.dtype == torch.float32
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # A single HxWx3 tensor works too, and other sizes are resized to image_size.
+    assert enc.preprocess(torch.from_numpy(images[0])).shape == (1, 3, 32, 32)
+    # Resizing keeps a flat colour flat: every output pixel is that colour, normalised.
+    flat = np.empty((2, 80, 48, 3), dtype=np.uint8)
+    flat[...] = np.array([200, 30, 120], dtype=np.uint8)
+    out = enc.preprocess(flat)
+    assert out.shape == (2, 3, 32, 32)
+    value = (np.array([200, 30, 120]) / 255.0 - mean) / std
+    np.testing.assert_allclose(
+        out.numpy(), np.broadcast_to(value[None, :, None, None], out.shape), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_preprocess_rejects_float_images(images):
+    enc = create_encoder(**SMALL)
+    with pytest.raises(ValueError, match="uint8"):
+        enc.preprocess(images.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        enc.preprocess(images[..., :2].copy())
+
+
+def test_unknown_backbone_is_named():
+    with pytest.raises(ValueError, match="'no_such_net'"):
+        create_encoder(backbone="no_such_net")
+
+
+def test_paper_swin_setting_by_config_only():
+    torch.manual_seed(0)
+    enc = create_encoder(backbone="swin_tiny_patch4_window7_224", image_size=224).eval()
+    assert enc.num_features == 768
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(1, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        x = enc.preprocess(img)
+        z = enc(x)
+    assert x.shape == (1, 3, 224, 224)
+    assert z.shape == (1, 128)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(1))
+
+
+# --------------------------------------------------------------------------- head and PoseModel
+
+
+def test_head_outputs_rotations():
+    torch.manual_seed(1)
+    head = create_head(in_dim=16, hidden=(32, 32))
+    z = torch.cat([torch.randn(32, 16), 100.0 * torch.randn(4, 16), torch.zeros(1, 16)])
+    R = head(z)
+    assert R.shape == (37, 3, 3)
+    eye = torch.eye(3).expand(37, 3, 3)
+    torch.testing.assert_close(R.transpose(1, 2) @ R, eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(37), atol=1e-5, rtol=0)
+
+
+def test_pose_model_keeps_a_frozen_encoder_frozen(images):
+    torch.manual_seed(2)
+    enc = create_encoder(**SMALL)
+    model = PoseModel(enc, create_head(in_dim=16), freeze_encoder=True)
+    model.train()
+    assert not model.encoder.training and model.head.training
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    x = model.preprocess(images)
+    R = model(x)
+    assert R.shape == (3, 3, 3)
+    R.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    # BatchNorm running statistics did not move: the encoder ran in eval mode.
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+    trainable = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=False)
+    trainable.train()
+    assert trainable.encoder.training
+    trainable(x).sum().backward()
+    assert trainable.encoder.projection[0].weight.grad is not None
+
+
+def test_pose_model_checks_dimensions():
+    with pytest.raises(ValueError, match="in_dim"):
+        PoseModel(create_encoder(**SMALL), create_head(in_dim=8))
+
+
+# --------------------------------------------------------------------------- factories and configs
+
+
+def test_factories_accept_configs_mappings_keywords_and_model_section():
+    from clerf_ray.config import ModelSection
+
+    a = create_encoder(EncoderConfig(**SMALL))
+    b = create_encoder(dict(SMALL))
+    c = create_encoder(EncoderConfig(**SMALL), embedding_dim=8)
+    assert a.config == b.config == EncoderConfig(**SMALL)
+    assert c.embedding_dim == 8
+    assert create_encoder().config == EncoderConfig()
+    assert EncoderConfig().backbone == "resnet10t" and EncoderConfig().image_size == 64
+    assert HeadConfig() == HeadConfig(in_dim=128, hidden=(256, 256))
+
+    section = ModelSection(backbone="resnet10t", embedding_dim=24, head_hidden=(40,))
+    enc = create_encoder(section, image_size=32)
+    assert enc.embedding_dim == 24 and enc.config.projection_hidden == section.projection_hidden
+    head = create_head(section)
+    assert head.config == HeadConfig(in_dim=24, hidden=(40,))
+
+    with pytest.raises(TypeError, match="embeding_dim"):
+        create_encoder(embeding_dim=8)
+    with pytest.raises(TypeError, match="hiden"):
+        create_head({"hiden": (4,)})
+    with pytest.raises(ValueError, match="embedding_dim"):
+        EncoderConfig(embedding_dim=0)
+    with pytest.raises(ValueError, match=r"hidden\[1\]"):
+        HeadConfig(hidden=(8, -1))
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+
+def _reference_backbone(num_classes=0, seed=3):
+    torch.manual_seed(seed)
+    return timm.create_model("resnet10t", pretrained=False, num_classes=num_classes)
+
+
+def _assert_backbone_equals(enc, ref):
+    own = enc.backbone.state_dict()
+    for k, v in own.items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+
+
+def test_pretrained_from_local_safetensors(tmp_path):
+    ref = _reference_backbone()
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    torch.manual_seed(99)  # the encoder's own random init differs from ref's
+    enc = create_encoder(**{**SMALL, "pretrained": str(path)})
+    _assert_backbone_equals(enc, ref)
+
+
+def test_pretrained_from_torch_checkpoint_with_classifier_and_nesting(tmp_path):
+    ref = _reference_backbone(num_classes=1000)
+    path = tmp_path / "ckpt.pth"
+    # A training checkpoint: nested under 'state_dict', DDP prefix, classifier weights included.
+    torch.save(
+        {"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}, "epoch": 3}, path
+    )
+    enc = create_encoder(**{**SMALL, "pretrained": str(path)})
+    _assert_backbone_equals(enc, ref)
+
+
+def test_pretrained_missing_file_names_the_option(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="pretrained") as e:
+        create_encoder(**{**SMALL, "pretrained": str(missing)})
+    assert str(missing) in str(e.value)
+
+
+def test_pretrained_mismatched_keys_name_the_option(tmp_path):
+    torch.manual_seed(4)
+    other = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match=r"pretrained=.*do not match backbone 'resnet10t'"):
+        create_encoder(**{**SMALL, "pretrained": str(path)})
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pretrained_pickle_is_not_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    _marker_pickle(path, marker)
+    with pytest.raises(ValueError, match="pretrained"):
+        create_encoder(**{**SMALL, "pretrained": str(path)})
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def _roundtrip_check(model, tmp_path, x):
+    model.eval()
+    save_model(model, None, str(tmp_path / "m"))
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    loaded = load_model(str(tmp_path / "m"))
+    assert type(loaded) is type(model)
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    return meta, loaded
+
+
+def test_save_load_encoder_roundtrip(tmp_path, images):
+    torch.manual_seed(5)
+    enc = create_encoder(**SMALL)
+    enc.train()
+    enc(enc.preprocess(images))  # move BN running statistics away from their init
+    meta, loaded = _roundtrip_check(enc, tmp_path, enc.preprocess(images))
+    assert meta["kind"] == "encoder" and meta["encoder"]["embedding_dim"] == 16
+    assert loaded.config == enc.config
+
+
+def test_save_load_head_and_pose_model_roundtrip(tmp_path, images):
+    torch.manual_seed(6)
+    head = create_head(in_dim=16, hidden=(24,))
+    _roundtrip_check(head, tmp_path / "h", torch.randn(5, 16))
+    model = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=True)
+    meta, loaded = _roundtrip_check(model, tmp_path / "p", model.preprocess(images))
+    assert meta["kind"] == "pose_model" and loaded.freeze_encoder
+    assert not any(p.requires_grad for p in loaded.encoder.parameters())
+
+
+def test_saved_encoder_keeps_pretrained_record_without_reloading_it(tmp_path):
+    ref = _reference_backbone()
+    wpath = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(wpath))
+    enc = create_encoder(**{**SMALL, "pretrained": str(wpath)}).eval()
+    save_model(enc, enc.config, str(tmp_path / "m"))
+    wpath.unlink()  # loading must not need the original pretrained file
+    loaded = load_model(str(tmp_path / "m"))
+    assert loaded.config.pretrained == str(wpath)
+    _assert_backbone_equals(loaded, ref)
+
+
+def test_save_model_rejects_a_config_of_another_model(tmp_path):
+    enc = create_encoder(**SMALL)
+    with pytest.raises(ValueError, match="does not describe"):
+        save_model(enc, EncoderConfig(**{**SMALL, "embedding_dim": 8}), str(tmp_path / "m"))
+
+
+def test_load_model_refuses_pickled_weights(tmp_path):
+    head = create_head(in_dim=4, hidden=(4,))
+    save_model(head, None, str(tmp_path / "m"))
+    marker = tmp_path / "pwned"
+    _marker_pickle(tmp_path / "m" / "model.safetensors", marker)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_model(str(tmp_path / "m"))
+    # torch.save output (a zip of pickles) is refused as well.
+    torch.save(head.state_dict(), tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_model(str(tmp_path / "m"))
+    assert not marker.exists()
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(str(tmp_path / "absent"))
+    head = create_head(in_dim=4, hidden=(4,))
+    save_model(head, None, str(tmp_path / "m"))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["head"]["hidden"] = [5]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not match its config"):
+        load_model(str(tmp_path / "m"))
+
+
+# --------------------------------------------------------------------------- s3 (moto)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3_pretrained_and_save_load_with_moto_standin(tmp_path, monkeypatch, images):
+    boto3 = pytest.importorskip("boto3")
+    s3fs = pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # botocore reads the endpoint from the environment, as a deployment would set it.
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="weights")
+        ref = _reference_backbone()
+        local = tmp_path / "b.safetensors"
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(local))
+        s3.upload_file(str(local), "weights", "backbones/resnet10t.safetensors")
+
+        enc = create_encoder(
+            **{**SMALL, "pretrained": "s3://weights/backbones/resnet10t.safetensors"}
+        )
+        _assert_backbone_equals(enc, ref)
+        with pytest.raises(FileNotFoundError, match="pretrained"):
+            create_encoder(**{**SMALL, "pretrained": "s3://weights/backbones/absent.safetensors"})
+
+        enc.eval()
+        save_model(enc, None, "s3://weights/runs/encoder")
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="weights")["Contents"]}
+        assert {"runs/encoder/model.safetensors", "runs/encoder/config.json"} <= keys
+        loaded = load_model("s3://weights/runs/encoder")
+        x = enc.preprocess(images)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), enc(x))
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_pretrained_hub_offline_error_names_the_option(tmp_path):
+    # timm's download path, kept offline: HF_HUB_OFFLINE is read at import, hence a subprocess.
+    import subprocess
+    import sys
+
+    code = (
+        "from clerf_ray.models import create_encoder\n"
+        "try:\n"
+        "    create_encoder(pretrained='hub', image_size=32)\n"
+        "except RuntimeError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ERR pretrained='hub'" in out.stdout and "resnet10t" in out.stdout
