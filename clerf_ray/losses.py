@@ -18,6 +18,8 @@ are then built on the gathered batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pytorch_metric_learning import losses as pml_losses
@@ -27,7 +29,12 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from clerf_ray import geometry
 
-__all__ = ["ContrastivePoseLoss", "geodesic_loss", "pose_aware_pair_indices"]
+__all__ = [
+    "ContrastivePoseLoss",
+    "create_contrastive_loss",
+    "geodesic_loss",
+    "pose_aware_pair_indices",
+]
 
 
 def pose_aware_pair_indices(
@@ -191,6 +198,28 @@ class ContrastivePoseLoss(torch.nn.Module):
         if not isinstance(losses, torch.Tensor):  # PML's zero_loss when no pair exists at all
             return emb.new_zeros(emb.shape[0])
         return losses.reshape(-1)
+
+
+_LOSS_FIELDS = ("m", "gamma", "negative_margin_deg", "distributed")
+
+
+def create_contrastive_loss(cfg: Any = None, **kwargs) -> ContrastivePoseLoss:
+    """A :class:`ContrastivePoseLoss` from a config and/or keywords (keywords win).
+
+    ``cfg`` is None, a mapping, or any object with some of the attributes ``m``, ``gamma``,
+    ``negative_margin_deg``, ``distributed`` (e.g. ``clerf_ray.config.PretrainSection``; its other
+    attributes are ignored). Unknown mapping keys or keywords are errors.
+    """
+    values: dict[str, Any] = {}
+    if isinstance(cfg, Mapping):
+        values = dict(cfg)
+    elif cfg is not None:
+        values = {k: getattr(cfg, k) for k in _LOSS_FIELDS if hasattr(cfg, k)}
+    values.update(kwargs)
+    unknown = sorted(set(values) - set(_LOSS_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown ContrastivePoseLoss option(s) {unknown}; known: {_LOSS_FIELDS}")
+    return ContrastivePoseLoss(**values)
 
 
 def geodesic_loss(R_pred: torch.Tensor, R_true: torch.Tensor) -> torch.Tensor:

@@ -517,6 +517,11 @@ def save_model(model: nn.Module, cfg, path: str) -> None:
     own = _config_of(model)
     if cfg is None:
         cfg = own
+    elif type(cfg) is not type(own):
+        raise TypeError(
+            f"save_model: cfg for {type(model).__name__} must be {type(own).__name__} or None, "
+            f"got {type(cfg).__name__}"
+        )
     elif cfg != own:
         raise ValueError(f"save_model: cfg {cfg!r} does not describe the model ({own!r})")
     meta = {"format": _FORMAT, **_config_to_json(cfg)}
@@ -559,17 +564,20 @@ def load_model(path: str, map_location: str | torch.device = "cpu") -> nn.Module
         c = _resolve(EncoderConfig, meta["encoder"], {})
         return Encoder(**{**dataclasses.asdict(c), "pretrained": None}), c
 
-    if kind == "encoder":
-        model, c = enc()
-        model.config = c
-    elif kind == "head":
-        model = create_head(meta["head"])
-    elif kind == "pose_model":
-        encoder, c = enc()
-        encoder.config = c
-        model = PoseModel(encoder, create_head(meta["head"]), bool(meta["freeze_encoder"]))
-    else:
-        raise ValueError(f"load_model: unknown kind {kind!r} in {cfg_path!r}")
+    try:
+        if kind == "encoder":
+            model, c = enc()
+            model.config = c
+        elif kind == "head":
+            model = create_head(meta["head"])
+        elif kind == "pose_model":
+            encoder, c = enc()
+            encoder.config = c
+            model = PoseModel(encoder, create_head(meta["head"]), bool(meta["freeze_encoder"]))
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"load_model: bad config in {cfg_path!r}: {e}") from None
     with _open(w_path, "rb") as f:
         data = f.read()
     if not _is_safetensors(data):

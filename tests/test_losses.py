@@ -19,7 +19,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from clerf_ray.losses import ContrastivePoseLoss, geodesic_loss, pose_aware_pair_indices
+from clerf_ray.losses import (
+    ContrastivePoseLoss,
+    create_contrastive_loss,
+    geodesic_loss,
+    pose_aware_pair_indices,
+)
 
 M, GAMMA = 0.25, 64.0
 
@@ -248,6 +253,23 @@ def test_bad_arguments_are_named():
         ContrastivePoseLoss()(torch.randn(2, 4), torch.randn(2, 4), torch.eye(3).expand(3, 3, 3))
 
 
+def test_create_contrastive_loss_from_pretrain_section():
+    from clerf_ray.config import PretrainSection
+
+    section = PretrainSection(m=0.3, gamma=32.0, negative_margin_deg=7.5)
+    loss = create_contrastive_loss(section, distributed=True)
+    assert (loss.m, loss.gamma, loss.negative_margin_deg, loss.distributed) == (
+        0.3,
+        32.0,
+        7.5,
+        True,
+    )
+    assert loss.circle.m == 0.3 and loss.circle.gamma == 32.0
+    assert create_contrastive_loss({"m": 0.1}).m == 0.1
+    with pytest.raises(TypeError, match="margin"):
+        create_contrastive_loss(margin=3.0)
+
+
 def test_half_precision_embeddings_are_computed_in_float32():
     anchor, positive, R = _near_negative_batch()
     loss = ContrastivePoseLoss()(anchor.half(), positive.half(), torch.from_numpy(R).float())
@@ -273,11 +295,19 @@ def _dist_worker(rank, world, init_file, inputs, out_dir, margin_deg):
             m=M, gamma=GAMMA, negative_margin_deg=margin_deg, distributed=True
         )(anchor, positive, R)
         loss.backward()
+        # Unequal batch sizes across ranks: a clear error on every rank, not a hang.
+        try:
+            n = 3 - rank
+            ContrastivePoseLoss(distributed=True)(anchor[:n], positive[:n], R[:n])
+            size_error = ""
+        except ValueError as e:
+            size_error = str(e)
         np.savez(
             f"{out_dir}/rank{rank}.npz",
             loss=loss.item(),
             ga=anchor.grad.numpy(),
             gp=positive.grad.numpy(),
+            size_error=size_error,
         )
     finally:
         torch.distributed.destroy_process_group()
@@ -340,6 +370,7 @@ def test_distributed_two_ranks_use_the_global_batch_and_cross_rank_pose_mask(tmp
         sl = slice(r * B, (r + 1) * B)
         np.testing.assert_allclose(res["ga"], W * a.grad[sl].numpy(), rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(res["gp"], W * p.grad[sl].numpy(), rtol=1e-8, atol=1e-12)
+        assert "same batch size on every rank, got [3, 2]" in str(res["size_error"])
 
 
 # --------------------------------------------------------------------------- geodesic loss

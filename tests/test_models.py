@@ -292,6 +292,8 @@ def test_save_model_rejects_a_config_of_another_model(tmp_path):
     enc = create_encoder(**SMALL)
     with pytest.raises(ValueError, match="does not describe"):
         save_model(enc, EncoderConfig(**{**SMALL, "embedding_dim": 8}), str(tmp_path / "m"))
+    with pytest.raises(TypeError, match="must be EncoderConfig or None"):
+        save_model(enc, HeadConfig(), str(tmp_path / "m"))
 
 
 def test_load_model_refuses_pickled_weights(tmp_path):
