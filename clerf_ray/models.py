@@ -216,14 +216,16 @@ def load_backbone_weights(backbone: nn.Module, path: str, option: str = "pretrai
     """Load backbone weights from a local or fsspec path, strictly.
 
     Accepted: a bare timm state dict, one nested under ``state_dict``/``model``, with a
-    ``module.`` (DDP) or ``backbone.`` (our Encoder) prefix. Classifier weights that the pooled
+    ``module.`` (DDP) prefix, or the weights of a whole :class:`Encoder` (its ``backbone.``
+    entries are used, e.g. ``.../model.safetensors`` written by :func:`save_model`). Classifier weights that the pooled
     backbone (``num_classes=0``) lacks are dropped. Any other missing or unexpected key, or a shape
     mismatch, is an error naming ``option``.
     """
-    state = _read_state_dict(path, option)
-    for prefix in ("module.", "backbone."):
-        state = _strip_prefix(state, prefix)
+    state = _strip_prefix(_read_state_dict(path, option), "module.")
     own = backbone.state_dict()
+    if not set(state) <= set(own) and any(k.startswith("backbone.") for k in state):
+        # A whole Encoder (save_model's model.safetensors): take its backbone part.
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state = {

@@ -215,6 +215,17 @@ def test_pretrained_from_torch_checkpoint_with_classifier_and_nesting(tmp_path):
     _assert_backbone_equals(enc, ref)
 
 
+def test_pretrained_from_a_saved_encoder_takes_its_backbone(tmp_path):
+    torch.manual_seed(7)
+    trained = create_encoder(**SMALL)
+    save_model(trained, None, str(tmp_path / "enc"))
+    torch.manual_seed(8)
+    fresh = create_encoder(
+        **{**SMALL, "embedding_dim": 8, "pretrained": str(tmp_path / "enc" / "model.safetensors")}
+    )
+    _assert_backbone_equals(fresh, trained.backbone)
+
+
 def test_pretrained_missing_file_names_the_option(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(FileNotFoundError, match="pretrained") as e:
