@@ -49,6 +49,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -93,10 +94,22 @@ ORTHONORMAL_TOL = 1e-3
 class Skip(Exception):
     """A sample that cannot be used; ``reason`` is a key of :data:`SKIP_REASONS`."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", file: str | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.file = file  # the offending file relative to the dataset root, set by _blame
+
+
+@contextmanager
+def _blame(file: str) -> Iterator[None]:
+    """Attribute a :class:`Skip` raised inside the block to ``file`` (unless already set)."""
+    try:
+        yield
+    except Skip as s:
+        if s.file is None:
+            s.file = file
+        raise
 
 
 class Filtered(Skip):
@@ -269,41 +282,43 @@ def read_mat_sample(root: Path, name: str, opts: PrepareOptions) -> dict[str, An
     """One 300W-LP / AFLW2000 sample as a labelled row; raises :class:`Skip` or :class:`Filtered`."""
     import scipy.io
 
-    mat_path, img_path = root / f"{name}.mat", root / f"{name}.jpg"
+    mat_file, img_file = f"{name}.mat", f"{name}.jpg"
+    mat_path, img_path = root / mat_file, root / img_file
     if not mat_path.is_file():
-        raise Skip("missing_mat", mat_path.name)
+        raise Skip("missing_mat", mat_path.name, file=mat_file)
     if not img_path.is_file():
-        raise Skip("missing_image", img_path.name)
-    try:
-        mat = scipy.io.loadmat(str(mat_path))
-    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... on garbage
-        raise Skip("bad_mat", f"{type(e).__name__}: {e}") from None
-    missing = [k for k in ("Pose_Para", "pt2d") if k not in mat]
-    if missing:
-        raise Skip("bad_mat", f"no {', '.join(missing)} in {mat_path.name}")
-    pose = np.asarray(mat["Pose_Para"], dtype=np.float64).ravel()
-    pts = np.asarray(mat["pt2d"], dtype=np.float64)
-    if pose.size < 3:
-        raise Skip("bad_mat", f"Pose_Para has {pose.size} values, expected 7")
-    if pts.ndim != 2 or 2 not in pts.shape:
-        raise Skip("bad_mat", f"pt2d has shape {pts.shape}, expected (2, N)")
-    if pts.shape[0] != 2:
-        pts = pts.T
-    pitch, yaw, roll = (float(v) for v in pose[:3])
-    _check_angles(pitch, yaw, roll)
-    euler_deg = (math.degrees(pitch), math.degrees(yaw), math.degrees(roll))
-    _filter_99(opts, euler_deg)
-
-    usable = np.isfinite(pts).all(axis=0)
-    if not opts.include_invisible:
-        usable &= (pts >= 0).all(axis=0)  # invisible AFLW2000 points carry negative coordinates
-    if not usable.any():
-        raise Skip("no_landmarks", f"none of {pts.shape[1]} points usable")
-    image = _load_image(img_path)
-    box = crops.loose_box(pts[:, usable], _k(opts, name), crops.PEER_BOX[opts.dataset])
-    data, box = _crop_and_encode(image, box, opts)
+        raise Skip("missing_image", img_path.name, file=img_file)
+    with _blame(mat_file):
+        try:
+            mat = scipy.io.loadmat(str(mat_path))
+        except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... on garbage
+            raise Skip("bad_mat", f"{type(e).__name__}: {e}") from None
+        missing = [k for k in ("Pose_Para", "pt2d") if k not in mat]
+        if missing:
+            raise Skip("bad_mat", f"no {', '.join(missing)} in {mat_path.name}")
+        pose = np.asarray(mat["Pose_Para"], dtype=np.float64).ravel()
+        pts = np.asarray(mat["pt2d"], dtype=np.float64)
+        if pose.size < 3:
+            raise Skip("bad_mat", f"Pose_Para has {pose.size} values, expected 7")
+        if pts.ndim != 2 or 2 not in pts.shape:
+            raise Skip("bad_mat", f"pt2d has shape {pts.shape}, expected (2, N)")
+        if pts.shape[0] != 2:
+            pts = pts.T
+        pitch, yaw, roll = (float(v) for v in pose[:3])
+        _check_angles(pitch, yaw, roll)
+        euler_deg = (math.degrees(pitch), math.degrees(yaw), math.degrees(roll))
+        _filter_99(opts, euler_deg)
+        usable = np.isfinite(pts).all(axis=0)
+        if not opts.include_invisible:
+            usable &= (pts >= 0).all(axis=0)  # invisible AFLW2000 points carry negative coordinates
+        if not usable.any():
+            raise Skip("no_landmarks", f"none of {pts.shape[1]} points usable")
+    with _blame(img_file):
+        image = _load_image(img_path)
+        box = crops.loose_box(pts[:, usable], _k(opts, name), crops.PEER_BOX[opts.dataset])
+        data, box = _crop_and_encode(image, box, opts)
     R = geometry.euler_to_matrix(pitch, yaw, roll)
-    return make_row(data, R, file=f"{name}.jpg", dataset=opts.dataset, box=box, euler_deg=euler_deg)
+    return make_row(data, R, file=img_file, dataset=opts.dataset, box=box, euler_deg=euler_deg)
 
 
 def parse_biwi_pose(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -350,28 +365,34 @@ def biwi_label(F: np.ndarray) -> np.ndarray:
 def read_biwi_sample(root: Path, name: str, opts: PrepareOptions) -> dict[str, Any]:
     """One BIWI frame as a labelled row; raises :class:`Skip` or :class:`Filtered`."""
     seq = name.split("/", 1)[0]
-    pose_path, img_path = root / f"{name}_pose.txt", root / f"{name}_rgb.png"
+    pose_file, img_file, cal_file = f"{name}_pose.txt", f"{name}_rgb.png", f"{seq}/rgb.cal"
+    pose_path, img_path = root / pose_file, root / img_file
     if not pose_path.is_file():
-        raise Skip("missing_pose", pose_path.name)
+        raise Skip("missing_pose", pose_path.name, file=pose_file)
     if not img_path.is_file():
-        raise Skip("missing_image", img_path.name)
-    F, centre = parse_biwi_pose(pose_path)
-    if not (np.isfinite(F).all() and np.isfinite(centre).all()):
-        raise Skip("pose_nan", f"{pose_path.name}")
-    err = float(np.abs(F @ F.T - np.eye(3)).max())
-    if err > ORTHONORMAL_TOL or np.linalg.det(F) <= 0:
-        raise Skip("non_orthonormal", f"max |F F^T - I| = {err:.3g}, det = {np.linalg.det(F):.3g}")
-    R = biwi_label(F)
-    euler_deg = tuple(math.degrees(float(a)) for a in geometry.matrix_to_euler(R))
-    _filter_99(opts, euler_deg)
-    intr = biwi_intrinsics(str(root / seq / "rgb.cal"))
-    try:
-        box = crops.head_centre_box(centre, intr, opts.biwi_box_mm)
-    except ValueError as e:
-        raise Skip("bad_pose_file", f"{pose_path.name}: {e}") from None
-    image = _load_image(img_path)
-    data, box = _crop_and_encode(image, box, opts)
-    return make_row(data, R, file=f"{name}_rgb.png", dataset="biwi", box=box, euler_deg=euler_deg)
+        raise Skip("missing_image", img_path.name, file=img_file)
+    with _blame(pose_file):
+        F, centre = parse_biwi_pose(pose_path)
+        if not (np.isfinite(F).all() and np.isfinite(centre).all()):
+            raise Skip("pose_nan", f"{pose_path.name}")
+        err = float(np.abs(F @ F.T - np.eye(3)).max())
+        det = float(np.linalg.det(F))
+        if err > ORTHONORMAL_TOL or det <= 0:
+            raise Skip("non_orthonormal", f"max |F F^T - I| = {err:.3g}, det = {det:.3g}")
+        R = biwi_label(F)
+        euler_deg = tuple(math.degrees(float(a)) for a in geometry.matrix_to_euler(R))
+        _filter_99(opts, euler_deg)
+    with _blame(cal_file):
+        intr = biwi_intrinsics(str(root / cal_file))
+    with _blame(pose_file):
+        try:
+            box = crops.head_centre_box(centre, intr, opts.biwi_box_mm)
+        except ValueError as e:
+            raise Skip("bad_pose_file", f"{pose_path.name}: {e}") from None
+    with _blame(img_file):
+        image = _load_image(img_path)
+        data, box = _crop_and_encode(image, box, opts)
+    return make_row(data, R, file=img_file, dataset="biwi", box=box, euler_deg=euler_deg)
 
 
 READERS: dict[str, Callable[[Path, str, PrepareOptions], dict[str, Any]]] = {
@@ -382,13 +403,13 @@ READERS: dict[str, Callable[[Path, str, PrepareOptions], dict[str, Any]]] = {
 
 
 def _process(root: Path, name: str, opts: PrepareOptions) -> tuple:
-    """("ok", row) | ("filtered", file, detail) | ("skip", file, reason, detail)."""
+    """("ok", row) or (kind, entry) with kind "filtered" / "skip" and entry the report's record:
+    sample name, offending file, reason, detail."""
     try:
         return ("ok", READERS[opts.dataset](root, name, opts))
-    except Filtered as f:
-        return ("filtered", name, f.detail)
     except Skip as s:
-        return ("skip", name, s.reason, s.detail)
+        entry = {"sample": name, "file": s.file or name, "reason": s.reason, "detail": s.detail}
+        return ("filtered" if isinstance(s, Filtered) else "skip", entry)
 
 
 def _process_star(args) -> tuple:
@@ -451,8 +472,8 @@ def prepare_dataset(
 
     Returns:
         The report, as written to ``_report.json``: ``counts`` (seen, written, filtered, skipped,
-        skipped_by_reason), ``skipped`` and ``filtered`` (each file with its reason), ``options``,
-        ``shards``.
+        skipped_by_reason), ``skipped`` and ``filtered`` (one record per sample: ``sample`` name,
+        the offending ``file``, ``reason``, ``detail``), ``options``, ``shards``.
 
     Raises:
         NoValidSamplesError: nothing valid remained; the output is left as it was.
@@ -487,10 +508,10 @@ def prepare_dataset(
                 writer.write(res[1])
                 written += 1
             elif res[0] == "filtered":
-                filtered.append({"file": res[1], "reason": FILTERED_99, "detail": res[2]})
+                filtered.append(res[1])
             else:
-                skipped.append({"file": res[1], "reason": res[2], "detail": res[3]})
-                reasons[res[2]] += 1
+                skipped.append(res[1])
+                reasons[res[1]["reason"]] += 1
             if progress_every and (i % progress_every == 0 or i == len(names)):
                 say(
                     f"{i}/{len(names)} processed, {written} written, {len(filtered)} filtered, "

@@ -85,6 +85,38 @@ def write_mat_sample(
         scipy.io.savemat(folder / f"{name}.mat", contents, format="5")
 
 
+AFLW_W, AFLW_H = 300, 300
+AFLW2000_POSES = {
+    "image00002": (0.05, -0.4, 0.15),
+    "image00004": (0.1, 2.0, 0.0),  # yaw 114.6 deg: beyond the protocol's 99 deg
+    "image00006": (-0.4, 1.2, 0.3),
+}
+
+
+def build_aflw2000(root: Path) -> Path:
+    """Three AFLW2000 samples in ``root``: image00002 with two invisible points (-1, -1) and
+    visible extent [100, 180] x [120, 220]; image00004 beyond 99 deg (extent [80, 200]^2);
+    image00006 with extent [50, 150] x [60, 160]. Images are 300 x 300 ramps."""
+    pts = landmarks_in_box(100, 120, 180, 220, 21, seed=1)
+    pts[:, [5, 9]] = -1.0  # invisible points, stored with negative coordinates
+    extents = {
+        "image00002": None,
+        "image00004": (80, 80, 200, 200),
+        "image00006": (50, 60, 150, 160),
+    }
+    for name, pose in AFLW2000_POSES.items():
+        ext = extents[name]
+        write_mat_sample(
+            root,
+            name,
+            pose=pose,
+            pt2d=pts if ext is None else landmarks_in_box(*ext, 21),
+            kind="aflw2000",
+            image_size=(AFLW_W, AFLW_H),
+        )
+    return root
+
+
 def truncate_file(path: Path, keep: float = 0.5) -> None:
     """Cut a file to ``keep`` of its length (a download that stopped half way)."""
     data = path.read_bytes()

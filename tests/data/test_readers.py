@@ -32,6 +32,10 @@ from clerf_ray.data.schema import (
 from clerf_ray.data.shards import ShardWriter, read_report, write_shards
 
 from .fixtures import (
+    AFLW2000_POSES,
+    AFLW_H,
+    AFLW_W,
+    build_aflw2000,
     landmarks_in_box,
     ramp_position,
     truncate_file,
@@ -98,24 +102,9 @@ def lp_source(tmp_path_factory) -> Path:
     return root
 
 
-AFLW_W, AFLW_H = 300, 300
-
-
 @pytest.fixture(scope="module")
 def aflw_source(tmp_path_factory) -> Path:
-    """AFLW2000: image00002 with two invisible points, image00004 beyond 99 deg, image00006."""
-    root = tmp_path_factory.mktemp("AFLW2000")
-    pts = landmarks_in_box(100, 120, 180, 220, 21, seed=1)
-    pts[:, [5, 9]] = -1.0  # invisible points, stored with negative coordinates
-    kw = dict(kind="aflw2000", image_size=(AFLW_W, AFLW_H))
-    write_mat_sample(root, "image00002", pose=(0.05, -0.4, 0.15), pt2d=pts, **kw)
-    write_mat_sample(
-        root, "image00004", pose=(0.1, 2.0, 0.0), pt2d=landmarks_in_box(80, 80, 200, 200, 21), **kw
-    )
-    write_mat_sample(
-        root, "image00006", pose=(-0.4, 1.2, 0.3), pt2d=landmarks_in_box(50, 60, 150, 160, 21), **kw
-    )
-    return root
+    return build_aflw2000(tmp_path_factory.mktemp("AFLW2000"))
 
 
 def biwi_file_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
@@ -161,6 +150,12 @@ def biwi_source(tmp_path_factory) -> Path:
     write_biwi_frame(seq1, 6, F=nan, centre_mm=(0.0, 0.0, 900.0))
     # Sequence 02 has no rgb.cal: the published intrinsics apply.
     write_biwi_frame(seq2, 0, F=TILT_UP, centre_mm=(0.0, 0.0, 1000.0))
+    # Sequence 03's rgb.cal is unreadable; its frame 00001 has no pose file.
+    seq3 = base / "hpdb" / "03"
+    write_biwi_frame(seq3, 0, F=np.eye(3), centre_mm=(0.0, 0.0, 1000.0))
+    write_garbage(seq3 / "rgb.cal")
+    write_biwi_frame(seq3, 1, F=np.eye(3), centre_mm=(0.0, 0.0, 1000.0))
+    (seq3 / "frame_00001_pose.txt").unlink()
     return base
 
 
@@ -187,11 +182,11 @@ def test_300w_lp_labels_boxes_and_report(lp_source, tmp_path):
     assert c == read_report(str(out))["counts"]
     assert (c["seen"], c["written"], c["filtered"], c["skipped"]) == (7, 2, 0, 5)
     expected = {
-        "HELEN/HELEN_1_0": "bad_image",
-        "IBUG/IBUG_2_0": "bad_mat",
-        "LFPW/LFPW_3_0": "missing_mat",
-        "LFPW/LFPW_4_0": "pose_nan",
-        "LFPW_Flip/LFPW_5_0": "pose_out_of_range",
+        "HELEN/HELEN_1_0.jpg": "bad_image",
+        "IBUG/IBUG_2_0.mat": "bad_mat",
+        "LFPW/LFPW_3_0.mat": "missing_mat",
+        "LFPW/LFPW_4_0.mat": "pose_nan",
+        "LFPW_Flip/LFPW_5_0.mat": "pose_out_of_range",
     }
     assert {s["file"]: s["reason"] for s in report["skipped"]} == expected
     assert c["skipped_by_reason"] == {r: 1 for r in expected.values()}
@@ -232,7 +227,8 @@ def test_aflw2000_invisible_points_and_99_filter(aflw_source, tmp_path):
     rows = rows_by_file(load_labelled(str(peer)))
     assert sorted(rows) == ["image00002.jpg", "image00006.jpg"]
     assert report["counts"]["filtered"] == 1 and report["counts"]["skipped"] == 0
-    assert report["filtered"][0]["file"] == "image00004"
+    assert report["filtered"][0]["sample"] == "image00004"
+    assert report["filtered"][0]["file"] == "image00004.mat"
     assert report["filtered"][0]["reason"] == "filtered_99"
     # Peer box (AFLW2000: x_min -= 0.4 w, y_min -= 0.4 h, x_max += 0.4 (x_max - x_min'),
     # y_max += 0.12 (y_max - y_min')) with the invisible (-1, -1) points in the extent:
@@ -243,7 +239,9 @@ def test_aflw2000_invisible_points_and_99_filter(aflw_source, tmp_path):
     assert tuple(rows["image00006.jpg"]["box"]) == (10, 20, 206, 176)
     crop_origin_matches(rows["image00006.jpg"], AFLW_W, AFLW_H)
     np.testing.assert_allclose(
-        np.reshape(rows["image00006.jpg"]["R"], (3, 3)), scipy_label(-0.4, 1.2, 0.3), atol=1e-6
+        np.reshape(rows["image00006.jpg"]["R"], (3, 3)),
+        scipy_label(*AFLW2000_POSES["image00006"]),
+        atol=1e-6,
     )
 
     clean = tmp_path / "clean"
@@ -280,8 +278,10 @@ def test_biwi_labels_round_trip_and_signs(biwi_source, tmp_path):
         "02/frame_00000_rgb.png",
     ]
     assert {s["file"]: s["reason"] for s in report["skipped"]} == {
-        "01/frame_00005": "non_orthonormal",
-        "01/frame_00006": "pose_nan",
+        "01/frame_00005_pose.txt": "non_orthonormal",
+        "01/frame_00006_pose.txt": "pose_nan",
+        "03/rgb.cal": "bad_calibration",
+        "03/frame_00001_pose.txt": "missing_pose",
     }
 
     # Round trip: a label -> BIWI rows (inverse of the peers' extraction) -> our reader.
