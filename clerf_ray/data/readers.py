@@ -35,13 +35,15 @@ and without Euler angles (exact also near gimbal lock),
 Since C = diag(1, -1, -1) = -S, this equals ``C F^T C = geometry.from_camera(F)``: the BIWI matrix
 is the head's rotation in the OpenCV camera frame (x right, y down, z forward), which is the
 Kinect frame the dataset's own head-centre projection implies (``u = fx x / z + cx``). The signs
-are not a guess: models trained on 300W-LP labels and tested on BIWI labels made this way reach
-4-5 deg MAE in those papers, which a flipped yaw, pitch or roll would rule out.
+are not a guess: models trained on 300W-LP labels and tested on BIWI labels made this way report
+about 3.5-5 deg MAE (HopeNet, FSA-Net, 6DRepNet), which a flipped yaw, pitch or roll would rule
+out. Check by reasoning: a subject turning to the sensor's left turns the nose toward -x, the
+image's left; F is then a turn about the Kinect's vertical axis, F = Ry(t) with t > 0, and
+R = C Ry(t)^T C = Ry(t): yaw = +t, as our convention says (tests/data/test_readers.py).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -60,7 +62,7 @@ import numpy as np
 
 from clerf_ray import geometry
 from clerf_ray.data import crop as crops
-from clerf_ray.data.schema import IMAGE_FORMATS, make_row
+from clerf_ray.data.schema import IMAGE_FORMATS, encode_image, make_row
 from clerf_ray.data.shards import DEFAULT_SHARD_ROWS, ShardWriter
 
 DATASETS = ("300w_lp", "aflw2000", "biwi")
@@ -263,12 +265,7 @@ def _crop_and_encode(image, box, opts: PrepareOptions) -> tuple[bytes, tuple[int
     out = image.crop(box)
     if opts.image_size is not None:
         out = out.resize((opts.image_size, opts.image_size), Image.BILINEAR)
-    buf = io.BytesIO()
-    if opts.image_format == "jpeg":
-        out.save(buf, format="JPEG", quality=95)
-    else:
-        out.save(buf, format="PNG")
-    return buf.getvalue(), box
+    return encode_image(np.asarray(out), opts.image_format), box
 
 
 def _k(opts: PrepareOptions, name: str) -> float:
@@ -465,7 +462,10 @@ def prepare_dataset(
         image_size: resize crops to this square size (None keeps each crop's size).
         image_format: ``"jpeg"`` or ``"png"``.
         biwi_box_mm: BIWI head-centre box side in millimetres.
-        workers: processes decoding images (1: in this process).
+        workers: processes decoding images (1: in this process). Above 1 they are started with
+            ``forkserver``, which re-imports the calling script: call from a script guarded by
+            ``if __name__ == "__main__":`` (``jobs/prepare_data.py`` is). Worth it for full
+            datasets only: each worker pays a ~1-2 s start.
         endpoint_url: S3 endpoint override (default ``AWS_ENDPOINT_URL``).
         progress_every: print processed counts to ``log`` every this many samples.
         log: stream for progress lines (None: silent).
