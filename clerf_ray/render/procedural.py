@@ -396,6 +396,9 @@ def _depth(disc, h, a, u, v):
     return (hh + root) * (-1.0 / a).reshape(shape) + (-d).clamp_min(0.0) * 1e30
 
 
+# Primitives whose window would cover more than this fraction of the image are traced densely.
+_DENSE_FRACTION = 0.5
+
 # Depth threshold beyond which a ray counts as a miss (the head lies within |t| < 2).
 _MISS = 1e4
 
@@ -619,8 +622,17 @@ class ProceduralRenderer(Renderer):
         t_best = torch.full((n, side * side), _MISS)
         k_best = torch.zeros((n, side * side), dtype=torch.long)
         radius = axes.max(-1).max(0)  # (K,) largest semi-axis over the batch
+        u_full = self._u.view(1, side, side)[:, :1, :]  # (1, 1, side): u varies along columns
+        v_full = self._v.view(1, side, side)[:, :, :1]
         for k in range(N_PRIM):
             w = min(side, int(math.ceil(2 * radius[k] * scale)) + 2)
+            if w * w > _DENSE_FRACTION * side * side:
+                # A window nearly as large as the image: gathering and scattering would cost
+                # more than intersecting every ray.
+                tk = _depth(disc[:, k], h[:, k], a[:, k], u_full, v_full).reshape(n, -1)
+                k_best.masked_fill_(tk < t_best, k)
+                t_best = torch.minimum(tk, t_best)
+                continue
             # Index coordinate of the projected centre (subsample j has coordinate j + 0.5).
             ctr = centre_cam[:, k, :2] * scale + side / 2 - 0.5
             start = torch.floor(ctr - (w - 1) / 2).long().clamp(0, side - w)  # (N, 2): x, y

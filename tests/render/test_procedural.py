@@ -306,3 +306,36 @@ def test_input_validation_errors(default):
         make_renderer("procedural", lighting="sun")
     with pytest.raises(ValueError, match="supersample"):
         make_renderer("procedural", supersample=0)
+
+
+# ----------------------------------------------------------------------------- contact sheet / CLI
+
+
+def test_clerf_render_writes_a_labelled_contact_sheet(tmp_path, capsys):
+    from PIL import Image
+
+    from clerf_ray.cli import main
+    from clerf_ray.render.contact_sheet import DEFAULT_POSES
+
+    out = tmp_path / "sheet" / "grid.png"
+    code = main(
+        ["render", "--renderer", "procedural", "--n", "3", "--image-size", "32", "--out", str(out)]
+    )
+    assert code == 0 and out.exists()
+    assert "wrote" in capsys.readouterr().out
+    img = np.asarray(Image.open(out).convert("RGB"))
+    # A header row and a label column around a 3 x len(DEFAULT_POSES) grid of 32 px cells.
+    assert img.shape[0] > 3 * 32 and img.shape[1] > len(DEFAULT_POSES) * 32
+    # Rows are different identities: the bottom-right cells differ from the top-right ones.
+    assert np.abs(img[-32:, -32:].astype(int) - img[-32 - 34 : -34, -32:].astype(int)).mean() > 5
+
+
+def test_clerf_render_rejects_bad_arguments(tmp_path):
+    from clerf_ray.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["render", "--n", "0", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(ValueError, match="unknown renderer"):
+        main(["render", "--renderer", "nope", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit):
+        main(["render", "--option", "novalue"])
