@@ -267,7 +267,7 @@ class _Heads:
             "lens_tb": lens_tint[:, 2],
             "collar": rng(44, 0.68, 0.76),
             "iris": np.cos(rng(45, 0.55, 0.68)),
-            "hair_freq": rng(46, 60.0, 110.0),
+            "hair_freq": rng(46, 30.0, 60.0),
             "ear_x": ear_c[0],
         }
 
@@ -726,7 +726,10 @@ class ProceduralRenderer(Renderer):
         mat.masked_fill_(is_hair, M_HAIR)
         part = is_hair & ((x - F("part_x")).abs() < 0.012) & (y < -0.2) & (z < 0.15)
         mat.masked_fill_(part, M_SCALP)
-        strands = 1.0 + 0.10 * torch.sin(F("hair_freq") * (z + 0.35 * x.abs() + 0.2 * y))
+        # Strands fall from the crown: stripes across the azimuth, plus broader locks; |azimuth|
+        # keeps the head mirror-symmetric (only the parting is not).
+        az = torch.atan2(x, z - 0.06).abs()
+        strands = 1.0 + 0.07 * torch.sin(F("hair_freq") * az) + 0.05 * torch.sin(9.0 * az + 6.0 * y)
         mult = torch.where(is_hair, mult * strands, mult)
 
         face = is_skull & front & ~is_hair
