@@ -649,11 +649,12 @@ class ProceduralRenderer(Renderer):
         return t_best, k_best
 
     def _lights(self, bg_seeds):
-        """Light direction in the camera frame (toward the light), ambient, diffuse, tint."""
+        """Light direction in the camera frame (toward the light), ambient, diffuse, colour tint
+        and specular strength, per sample."""
         n = len(bg_seeds)
         if self.lighting == "frontal":
             L = np.tile([0.0, 0.0, -1.0], (n, 1))
-            return L, np.full(n, 0.45), np.full(n, 0.62), np.ones((n, 3))
+            return L, np.full(n, 0.45), np.full(n, 0.62), np.ones((n, 3)), np.full(n, 0.08)
         u = _hashing.uniforms(_hashing.combine(bg_seeds, np.full(n, 7, np.uint64)), 8)
         az = (u[:, 0] - 0.5) * math.radians(140)
         el = -math.radians(25) + u[:, 1] * math.radians(85)
@@ -661,7 +662,8 @@ class ProceduralRenderer(Renderer):
         amb = 0.30 + 0.22 * u[:, 2]
         dif = 0.55 + 0.30 * u[:, 3]
         tint = 1.0 + 0.16 * (u[:, 4:7] - 0.5)
-        return L, amb, dif, tint
+        spec = 0.03 + 0.12 * u[:, 7]
+        return L, amb, dif, tint, spec
 
     def _shade(self, heads, R_cam, b, p, t, k, bg_seeds):
         """Colours (M, 3) of M hit rays: sample b, ray p, depth t, primitive k (all (M,)).
@@ -671,9 +673,13 @@ class ProceduralRenderer(Renderer):
         are handled as separate components, which is much faster than tiny batched matmuls.
         """
         u, v = self._u.index_select(0, p), self._v.index_select(0, p)
-        L_cam, amb, dif, light_tint = self._lights(bg_seeds)
+        L_cam, amb, dif, light_tint, spec = self._lights(bg_seeds)
         R_np = R_cam.double().numpy()
         L_head = np.einsum("nji,nj->ni", R_np, L_cam)  # R_cam^T L: the light in the head frame
+        # Blinn-Phong half vector between the light and the view direction (toward the camera).
+        H_cam = L_cam + np.array([0.0, 0.0, -1.0])
+        H_cam /= np.linalg.norm(H_cam, axis=-1, keepdims=True).clip(1e-9)
+        H_head = np.einsum("nji,nj->ni", R_np, H_cam)
         table = np.concatenate(
             [
                 R_np.reshape(-1, 9),
@@ -682,6 +688,8 @@ class ProceduralRenderer(Renderer):
                 dif[:, None],
                 light_tint,
                 np.stack([heads.f[name] for name in _FEATURES], -1),
+                H_head,
+                spec[:, None],
             ],
             -1,
         )
@@ -700,9 +708,13 @@ class ProceduralRenderer(Renderer):
         n0 = gp[0] * q0 + gp[3] * q1 + gp[6] * q2
         n1 = gp[1] * q0 + gp[4] * q1 + gp[7] * q2
         n2 = gp[2] * q0 + gp[5] * q1 + gp[8] * q2
-        lambert = (n0 * g[9] + n1 * g[10] + n2 * g[11]) / torch.sqrt(n0 * n0 + n1 * n1 + n2 * n2)
+        inv_norm = torch.rsqrt(n0 * n0 + n1 * n1 + n2 * n2)
+        lambert = (n0 * g[9] + n1 * g[10] + n2 * g[11]) * inv_norm
         shade = g[12] + g[13] * lambert.clamp_min(0.0)
         f0 = 17
+        fh = f0 + len(_FEATURES)
+        n_dot_h = ((n0 * g[fh] + n1 * g[fh + 1] + n2 * g[fh + 2]) * inv_norm).clamp_min(0.0)
+        highlight = (n_dot_h * n_dot_h) ** 16  # (n.h)^32
 
         def F(name):
             return g[f0 + _FI[name]]
@@ -803,7 +815,9 @@ class ProceduralRenderer(Renderer):
         tint = torch.stack([F("lens_tr"), F("lens_tg"), F("lens_tb")], -1)
         albedo = torch.where((lens & ~rim)[:, None], albedo * tint, albedo)
 
-        return albedo * (mult * shade)[:, None] * g[14:17].T
+        # Wet or glossy parts shine more than skin; skin gloss varies with the light.
+        gloss = g[fh + 3] * (1.0 + 5.0 * (is_eye | lens).float() + 0.5 * is_hair.float())
+        return (albedo * (mult * shade)[:, None] + (gloss * highlight)[:, None]) * g[14:17].T
 
     def _background(self, bg_seeds) -> torch.Tensor:
         """(N, H, W, 3) float backgrounds: gradient, soft blobs, stripes, rectangles, texture."""
