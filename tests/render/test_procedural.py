@@ -339,3 +339,21 @@ def test_clerf_render_rejects_bad_arguments(tmp_path):
         main(["render", "--renderer", "nope", "--out", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit):
         main(["render", "--option", "novalue"])
+
+
+def test_identity_variety_covers_every_style():
+    """Across 400 seeds every hair style, facial-hair kind and glasses kind occurs, and skin
+    brightness spans light to dark."""
+    from clerf_ray.render import procedural as P
+
+    heads = P._Heads(np.arange(400))
+    styles = set(heads.f["style"].astype(int))
+    assert styles == {P.SHORT, P.MEDIUM, P.LONG, P.BALD, P.BUZZ, P.BANGS}
+    assert 0.2 < (heads.f["frame_w"] > 0).mean() < 0.5  # glasses on about a third
+    assert len(set(np.round(heads.f["frame_w"], 4))) == 4  # none, thin, thick, sunglasses
+    assert 0.05 < heads.f["full_beard"].mean() < 0.25 and 0.05 < heads.f["stubble"].mean() < 0.25
+    skin = heads.palette[:, P.M_SKIN].mean(1)
+    assert skin.min() < 0.35 and skin.max() > 0.8
+    # Proportions vary: head width over the cranium semi-axis, +-8 %.
+    width = heads.axes[:, P.CRANIUM, 0]
+    assert width.max() / width.min() > 1.12
