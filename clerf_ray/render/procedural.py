@@ -610,10 +610,11 @@ class ProceduralRenderer(Renderer):
     def _trace(self, S, centre, R_cam, axes):
         """Nearest hit of every subsample ray: ``t`` (N, P) (>= _MISS: background), primitive.
 
-        Each primitive is intersected only with the rays in a square window around its
+        Each small primitive is intersected only with the rays in a square window around its
         projection (an ellipsoid projects inside the circle of its largest semi-axis), which
-        skips most ray-primitive pairs. Window sizes depend on the batch, but a ray's depth is
-        computed elementwise from its own coordinates, so results do not.
+        skips most ray-primitive pairs; large ones are intersected with every ray. Window sizes
+        depend on the batch, but a ray's depth is computed elementwise from its own
+        coordinates, so results do not.
         """
         n, side = len(S), self._side
         disc, h, a = _quadric_coefficients(S, centre, R_cam)
@@ -669,8 +670,8 @@ class ProceduralRenderer(Renderer):
         """Colours (M, 3) of M hit rays: sample b, ray p, depth t, primitive k (all (M,)).
 
         Per-sample and per-primitive values are gathered from tables so that each channel comes
-        out as a contiguous (M,) vector; 3-vectors
-        are handled as separate components, which is much faster than tiny batched matmuls.
+        out as a contiguous (M,) vector; 3-vectors are handled as separate components, which is
+        much faster than tiny batched matmuls.
         """
         u, v = self._u.index_select(0, p), self._v.index_select(0, p)
         L_cam, amb, dif, light_tint, spec = self._lights(bg_seeds)
