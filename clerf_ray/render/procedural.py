@@ -204,7 +204,10 @@ class _Heads:
         i0 = np.floor(tone).astype(int).clip(0, len(_SKIN_TONES) - 2)
         skin = _lerp(_SKIN_TONES[i0], _SKIN_TONES[i0 + 1], (tone - i0)[:, None])
         skin = skin * (1.0 + 0.06 * (u[:, 16:19] - 0.5))
-        hair = _HAIR_COLOURS[_pick(u[:, 19], _HAIR_WEIGHTS)] * rng(20, 0.85, 1.15)[:, None]
+        hair_kind = _pick(u[:, 19], _HAIR_WEIGHTS)
+        hair = _HAIR_COLOURS[hair_kind] * rng(20, 0.85, 1.15)[:, None]
+        # Brows and beards keep a natural colour under dyed hair.
+        body_hair = np.where((hair_kind >= 7)[:, None], _HAIR_COLOURS[1], hair)
         eye = _EYE_COLOURS[_pick(u[:, 21], np.ones(len(_EYE_COLOURS)))]
         lip = skin * np.array([0.78, 0.50, 0.50]) * rng(22, 0.9, 1.1)[:, None]
         shirt = 0.1 + 0.8 * u[:, 23:26]
@@ -215,17 +218,17 @@ class _Heads:
         pal[:, M_HAIR] = np.where(buzz, 0.55 * hair + 0.45 * skin, hair)
         pal[:, M_LIP] = lip
         pal[:, M_MOUTH] = skin * 0.3
-        pal[:, M_BROW] = 0.7 * hair + 0.3 * skin * 0.5
+        pal[:, M_BROW] = 0.7 * body_hair + 0.3 * skin * 0.5
         pal[:, M_SCLERA] = np.array([0.93, 0.91, 0.88])
         pal[:, M_IRIS] = eye
         pal[:, M_PUPIL] = 0.03
         pal[:, M_FRAME] = frame
-        pal[:, M_BEARD] = hair * 0.9
+        pal[:, M_BEARD] = body_hair * 0.9
         pal[:, M_SHIRT] = shirt
         pal[:, M_NOSTRIL] = skin * 0.35
         pal[:, M_EAR_IN] = skin * np.array([0.80, 0.68, 0.66])
         pal[:, M_SCALP] = 0.5 * skin + 0.5 * hair
-        pal[:, M_STUBBLE] = 0.6 * skin + 0.4 * hair
+        pal[:, M_STUBBLE] = 0.6 * skin + 0.4 * body_hair
         pal[:, M_LASH] = 0.06
         self.palette = pal.clip(0.0, 1.0)
 
