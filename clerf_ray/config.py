@@ -1,0 +1,226 @@
+"""One typed configuration for every job: defaults here, a YAML file over them, ``key=value``
+overrides over that. Bad values fail at load with the field's dotted name.
+
+    cfg = load_config("configs/paper.yaml", ["pretrain.epochs=4", "model.backbone=resnet18"])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clerf_ray.data.pairs import PairDataConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    """Pretraining pairs (``clerf_ray.data.pairs.PairDataConfig``)."""
+
+    source: Literal["synthetic", "real_anchor", "shards"] = "synthetic"
+    renderer: str = "procedural"
+    renderer_options: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(64, ge=16, le=1024)
+    num_pairs: int = Field(4096, gt=0, description="pairs per epoch (synthetic)")
+    poses: str = "so3"
+    yaw_range: tuple[float, float] = (-90.0, 90.0)
+    pitch_range: tuple[float, float] = (-90.0, 90.0)
+    roll_range: tuple[float, float] = (-180.0, 180.0)
+    labelled_path: str | None = None
+    shards_path: str | None = None
+    train_identities: tuple[int, int] = (0, 1_000_000)
+    augment: Literal["none", "sa", "fa"] = "fa"
+    render_batch_size: int = Field(64, gt=0)
+    num_render_actors: int = Field(1, gt=0)
+    render_num_cpus: float = Field(0.5, ge=0)
+    render_num_gpus: float = Field(0.0, ge=0)
+    render_resources: dict[str, float] | None = None
+    stage_num_cpus: float = Field(0.25, ge=0)
+
+    def pair_config(self, seed: int, **changes) -> PairDataConfig:
+        options = {"image_size": self.image_size, **self.renderer_options}
+        kw = dict(
+            source=self.source,
+            renderer=self.renderer,
+            renderer_options=options,
+            num_pairs=self.num_pairs,
+            poses=self.poses,
+            yaw_range=self.yaw_range,
+            pitch_range=self.pitch_range,
+            roll_range=self.roll_range,
+            labelled_path=self.labelled_path,
+            shards_path=self.shards_path,
+            identities=self.train_identities,
+            augment=self.augment,
+            seed=seed,
+            render_batch_size=self.render_batch_size,
+            num_render_actors=self.num_render_actors,
+            render_num_cpus=self.render_num_cpus,
+            render_num_gpus=self.render_num_gpus,
+            render_resources=self.render_resources,
+            stage_num_cpus=self.stage_num_cpus,
+        )
+        kw.update(changes)
+        return PairDataConfig(**kw)
+
+
+class ModelSection(_Section):
+    """Encoder (timm backbone + projection) and pose head."""
+
+    backbone: str = "resnet10t"
+    embedding_dim: int = Field(128, gt=0)
+    projection_hidden: int = Field(512, gt=0)
+    pretrained: str | None = Field(
+        None, description="backbone weights: local path, s3:// path, 'hub', or None (random init)"
+    )
+    head_hidden: tuple[int, ...] = (256, 256)
+
+
+class OptimSection(_Section):
+    """One training stage: AdamW, linear warm-up then cosine decay."""
+
+    epochs: int = Field(4, gt=0)
+    batch_size: int = Field(64, gt=1, description="global batch (pairs), split across workers")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | Literal["auto"] = "auto"
+    amp: bool = Field(True, description="mixed precision (GPU only)")
+    max_failures: int = Field(2, ge=0, description="worker failures survived by resuming")
+    time_limit_s: float | None = Field(
+        None, gt=0, description="stop after the epoch that crosses this wall time"
+    )
+
+
+class PretrainSection(OptimSection):
+    """Contrastive pretraining with Circle Loss."""
+
+    m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")
+    gamma: float = Field(64.0, gt=0, description="Circle Loss scale")
+    negative_margin_deg: float = Field(
+        5.0, ge=0, description="samples this close to the anchor's pose are not negatives"
+    )
+
+
+class HeadSection(OptimSection):
+    """Pose head on the frozen encoder, geodesic loss."""
+
+    num_samples: int = Field(8192, gt=0, description="labelled renders per epoch (synthetic)")
+    labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
+    lr: float = Field(2e-3, gt=0)
+
+
+class EvalSection(_Section):
+    """Quick evaluation on held-out identities over all of SO(3)."""
+
+    num_samples: int = Field(1024, gt=0)
+    identities: tuple[int, int] = (2_000_000, 2_100_000)
+
+
+class TrackingSection(_Section):
+    """MLflow tracking and registry."""
+
+    tracking_uri: str | None = Field(
+        None, description="None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here"
+    )
+    experiment: str = "clerf"
+    encoder_name: str = "clerf-encoder"
+    head_name: str = "clerf-head"
+    register_models: bool = True
+
+
+class Config(_Section):
+    """Everything a run needs; written to the run directory and logged to MLflow."""
+
+    seed: int = 0
+    run_name: str | None = None
+    storage_path: str = Field("runs", description="Ray Train checkpoints: local dir or s3://")
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    head: HeadSection = Field(default_factory=HeadSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, v: str) -> str:
+        # Ray Train wants an absolute local path (or a URI).
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view for MLflow parameters."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix, value):
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars: numbers, booleans, null, lists "[1, 2]", plain strings.
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} must look like key=value (e.g. pretrain.epochs=2)"
+            )
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        where = f" in {path}" if path else ""
+        raise ConfigError("invalid configuration" + where + ":\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (and return nothing)."""
+    Path(path).write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))

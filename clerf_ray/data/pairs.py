@@ -1,0 +1,459 @@
+"""Anchor-positive pair streams on Ray Data: one pose, two identities, one augmentation per pair.
+
+``build_pair_dataset(cfg, epoch)`` returns a lazy ``ray.data.Dataset`` with columns
+
+* ``anchor``, ``positive``: (H, W, 3) uint8 images showing the same pose;
+* ``R``: (3, 3) float32 label after augmentation (dataset convention, ``clerf_ray.geometry``);
+* ``source``: where the anchor came from (``"render:<renderer>"`` or the labelled set's name);
+* ``pair_id``: int64, the pair's index within the epoch.
+
+Three sources:
+
+* ``synthetic``: poses sampled by config (all of SO(3), Euler ranges, or the poses of a labelled
+  Parquet set); anchor and positive are two identities rendered at that pose by renderer actors.
+* ``real_anchor``: anchors are the images of a labelled Parquet set; positives are rendered at the
+  anchor's pose with a random identity.
+* ``shards``: pairs rendered earlier and written by ``write_pair_shards`` (``jobs/render.py``), so
+  GAN render cost is paid once across epochs and trials; augmentation is still fresh.
+
+Rendering runs in actors (``map_batches`` with a callable class and ``ActorPoolStrategy``), with
+``num_gpus`` for GAN backends and an optional custom resource for placement. Every random choice is
+derived from ``(seed, epoch, pair_id)``, so a run is reproducible and each epoch sees new draws
+regardless of how Ray splits the work into blocks.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clerf_ray import geometry
+from clerf_ray.augment import GeometricAugment
+
+# Salts that keep the random streams of the sampling, identity and augmentation stages apart.
+_POSE, _IDENTITY, _AUGMENT = 1, 2, 3
+
+
+@dataclass
+class PairDataConfig:
+    """How pairs are made. Every default is the laptop setting.
+
+    Attributes:
+        source: ``"synthetic"``, ``"real_anchor"`` or ``"shards"``.
+        renderer: registered renderer name (``clerf_ray.render.list_renderers()``).
+        renderer_options: keyword options for ``make_renderer`` (``image_size`` among them).
+        num_pairs: pairs per epoch (synthetic); real_anchor and shards use every row once.
+        poses: ``"so3"`` (uniform), ``"ranges"`` (Euler ranges below, degrees) or the path of a
+            labelled Parquet set whose poses are resampled.
+        yaw_range, pitch_range, roll_range: Euler ranges in degrees for ``poses="ranges"``.
+        labelled_path: labelled Parquet set (local or s3://) for ``real_anchor``.
+        shards_path: rendered pair shards (local or s3://) for ``source="shards"``.
+        identities: half-open range of identity seeds to draw from (keep evaluation identities
+            outside it).
+        augment: augmentation preset (``"none"``, ``"sa"``, ``"fa"``).
+        seed: base seed of every random draw.
+        render_batch_size: images per renderer call.
+        num_render_actors: renderer actor pool size.
+        render_num_cpus, render_num_gpus: per-actor budget. Keep CPU fractional on small machines.
+        render_resources: custom Ray resources per actor, e.g. ``{"renderer": 1}`` to pin actors
+            to renderer nodes.
+        stage_num_cpus: CPU budget of the light stages (sampling, decoding, augmentation).
+    """
+
+    source: str = "synthetic"
+    renderer: str = "procedural"
+    renderer_options: dict[str, Any] = field(default_factory=lambda: {"image_size": 64})
+    num_pairs: int = 4096
+    poses: str = "so3"
+    yaw_range: tuple[float, float] = (-90.0, 90.0)
+    pitch_range: tuple[float, float] = (-90.0, 90.0)
+    roll_range: tuple[float, float] = (-180.0, 180.0)
+    labelled_path: str | None = None
+    shards_path: str | None = None
+    identities: tuple[int, int] = (0, 1_000_000)
+    augment: str = "fa"
+    seed: int = 0
+    render_batch_size: int = 64
+    num_render_actors: int = 1
+    render_num_cpus: float = 0.5
+    render_num_gpus: float = 0.0
+    render_resources: dict[str, float] | None = None
+    stage_num_cpus: float = 0.25
+
+    def __post_init__(self):
+        if self.source not in ("synthetic", "real_anchor", "shards"):
+            raise ValueError(
+                f"data.source must be 'synthetic', 'real_anchor' or 'shards', got {self.source!r}"
+            )
+        if self.source == "real_anchor" and not self.labelled_path:
+            raise ValueError("data.labelled_path is required when data.source is 'real_anchor'")
+        if self.source == "shards" and not self.shards_path:
+            raise ValueError("data.shards_path is required when data.source is 'shards'")
+        if self.num_pairs <= 0:
+            raise ValueError(f"data.num_pairs must be positive, got {self.num_pairs}")
+        lo, hi = self.identities
+        if not (0 <= lo and hi - lo >= 2):
+            raise ValueError(
+                f"data.identities must be a range [low, high) of at least 2 seeds, got {self.identities}"
+            )
+        GeometricAugment.preset(self.augment)  # fails on an unknown preset with its name
+
+
+def _rngs(seed: int, epoch: int, salt: int, ids: np.ndarray) -> list[np.random.Generator]:
+    """One generator per row, keyed by (seed, epoch, salt, row id): independent of batching."""
+    return [np.random.default_rng([seed, epoch, salt, int(i)]) for i in ids]
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class _SampleSynthetic:
+    """Row ids -> pose and two distinct identities per pair."""
+
+    def __init__(self, cfg: PairDataConfig, epoch: int, pose_range, pool: np.ndarray | None):
+        self.cfg, self.epoch, self.pose_range, self.pool = cfg, epoch, pose_range, pool
+
+    def _pose(self, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.cfg
+        # Rejection keeps every pose inside what the renderer can draw (a GAN's limited yaw); the
+        # augmentation then carries the pairs over the rest of SO(3).
+        for _ in range(1000):
+            if self.pool is not None:
+                R = self.pool[rng.integers(len(self.pool))]
+            elif cfg.poses == "so3":
+                R = geometry.sample_rotations(1, rng)[0]
+            else:
+                R = geometry.sample_rotations(
+                    1,
+                    rng,
+                    yaw_range=cfg.yaw_range,
+                    pitch_range=cfg.pitch_range,
+                    roll_range=cfg.roll_range,
+                )[0]
+            if self.pose_range.contains(R):
+                return R
+        raise ValueError(
+            f"data.poses={cfg.poses!r} gives almost no poses inside renderer "
+            f"{cfg.renderer!r}'s range {self.pose_range}; narrow the pose ranges"
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch["id"].astype(np.int64)
+        lo, hi = self.cfg.identities
+        R, ida, idb = [], [], []
+        for pose_rng, id_rng in zip(
+            _rngs(self.cfg.seed, self.epoch, _POSE, ids),
+            _rngs(self.cfg.seed, self.epoch, _IDENTITY, ids),
+            strict=True,
+        ):
+            R.append(self._pose(pose_rng))
+            a, b = _two_distinct(id_rng, lo, hi)
+            ida.append(a)
+            idb.append(b)
+        return {
+            "pair_id": ids,
+            "R": np.asarray(R, dtype=np.float64),
+            "identity_a": np.asarray(ida, dtype=np.int64),
+            "identity_b": np.asarray(idb, dtype=np.int64),
+            "source": np.full(len(ids), f"render:{self.cfg.renderer}"),
+        }
+
+
+def _two_distinct(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
+    a = int(rng.integers(lo, hi))
+    b = int(rng.integers(lo, hi - 1))
+    return a, b + (b >= a)
+
+
+class RenderPairs:
+    """Renderer actor: renders ``identity_a`` and ``identity_b`` (or only the positive, when the
+    batch already holds an ``anchor`` image) at each row's pose."""
+
+    def __init__(self, renderer: str, renderer_options: dict[str, Any]):
+        from clerf_ray.render import make_renderer
+
+        self.renderer = make_renderer(renderer, **renderer_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        R = np.asarray(batch["R"], dtype=np.float64).reshape(-1, 3, 3)
+        out = dict(batch)
+        if "anchor" not in batch:
+            out["anchor"] = self.renderer.render(batch["identity_a"], R)
+        out["positive"] = self.renderer.render(batch["identity_b"], R)
+        return out
+
+
+def _augment_batch(
+    batch: dict[str, np.ndarray], preset: str, seed: int, epoch: int
+) -> dict[str, np.ndarray]:
+    aug = GeometricAugment.preset(preset)
+    anchors, positives, labels = [], [], []
+    ids = batch["pair_id"].astype(np.int64)
+    R = np.asarray(batch["R"], dtype=np.float64).reshape(-1, 3, 3)
+    for i, rng in enumerate(_rngs(seed, epoch, _AUGMENT, ids)):
+        (a, p), r = aug([batch["anchor"][i], batch["positive"][i]], R[i], rng)
+        anchors.append(a)
+        positives.append(p)
+        labels.append(r)
+    return {
+        "anchor": np.stack(anchors),
+        "positive": np.stack(positives),
+        "R": np.asarray(labels, dtype=np.float32),
+        "source": batch["source"],
+        "pair_id": ids,
+    }
+
+
+def _decode_images(column) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(bytes(b))).convert("RGB")) for b in column])
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+    )
+
+
+def _decode_labelled(
+    batch, cfg: PairDataConfig, epoch: int, image_size: int
+) -> dict[str, np.ndarray]:
+    """Labelled rows (shared schema: ``image`` bytes, ``R`` 9 floats) -> anchor + pose + identity."""
+    n = len(batch["R"])
+    ids = batch["pair_id"].astype(np.int64)
+    lo, hi = cfg.identities
+    return {
+        "pair_id": ids,
+        "anchor": _resize(_decode_images(batch["image"]), image_size),
+        "R": np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3),
+        "identity_b": np.asarray(
+            [int(r.integers(lo, hi)) for r in _rngs(cfg.seed, epoch, _IDENTITY, ids)],
+            dtype=np.int64,
+        ),
+        "source": np.asarray(batch["dataset"]).astype(str),
+    }
+
+
+def _decode_shards(batch) -> dict[str, np.ndarray]:
+    n = len(batch["R"])
+    return {
+        "pair_id": batch["pair_id"].astype(np.int64),
+        "anchor": _decode_images(batch["anchor"]),
+        "positive": _decode_images(batch["positive"]),
+        "R": np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3),
+        "source": np.asarray(batch["source"]).astype(str),
+    }
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _with_pair_ids(ds, num_cpus: float):
+    """Number the rows of a read dataset 0..n-1 in a stable order (for per-row seeds)."""
+    import pyarrow as pa
+
+    # Ray Data has no stable row index of its own; read order is deterministic for a file list,
+    # so a single-block pass numbers the rows. Labelled sets are small (tens of thousands of rows).
+    def number(table: pa.Table) -> pa.Table:
+        return table.append_column("pair_id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+    return ds.repartition(1).map_batches(
+        number, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus
+    )
+
+
+def _pair_ids(n: int, blocks: int):
+    """A dataset of ``id`` 0..n-1 in ``blocks`` blocks, made without read tasks.
+
+    ``ray.data.range`` reads with one whole CPU per task and offers no way to lower it; next to a
+    1-CPU trainer on a 2-core machine that starves the renderer actors and the run hangs.
+    """
+    import pyarrow as pa
+    import ray.data
+
+    chunks = np.array_split(np.arange(n, dtype=np.int64), blocks)
+    return ray.data.from_arrow([pa.table({"id": c}) for c in chunks if len(c)])
+
+
+def _pose_pool(path: str) -> np.ndarray:
+    from clerf_ray.data.schema import load_labelled
+
+    table = load_labelled(path)
+    R = np.asarray(table.column("R").to_pylist(), dtype=np.float64).reshape(-1, 3, 3)
+    if len(R) == 0:
+        raise ValueError(f"data.poses={path!r} holds no labelled rows")
+    return R
+
+
+def _image_size(cfg: PairDataConfig) -> int:
+    # Real anchors are resized to the renderer's output size so both images of a pair match.
+    return int(cfg.renderer_options.get("image_size", 64))
+
+
+def _rendered(cfg: PairDataConfig, epoch: int):
+    """Pairs before augmentation: ``pair_id``, ``anchor``, ``positive``, ``R`` (N, 3, 3) float64,
+    ``source`` and, where known, ``identity_a`` / ``identity_b``."""
+    import ray.data
+
+    from clerf_ray.render import renderer_class
+
+    render_stage = dict(
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_render_actors),
+        fn_constructor_kwargs={
+            "renderer": cfg.renderer,
+            "renderer_options": dict(cfg.renderer_options),
+        },
+        batch_size=cfg.render_batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.render_num_cpus,
+        num_gpus=cfg.render_num_gpus or None,
+        resources=cfg.render_resources,
+    )
+    if cfg.source == "synthetic":
+        # The pose range is a class attribute: GAN backends are only ever built inside actors.
+        pose_range = renderer_class(cfg.renderer).pose_range
+        pool = None if cfg.poses in ("so3", "ranges") else _pose_pool(cfg.poses)
+        ds = _pair_ids(
+            cfg.num_pairs, blocks=max(1, min(cfg.num_pairs // cfg.render_batch_size, 64))
+        )
+        ds = ds.map_batches(
+            _SampleSynthetic,
+            fn_constructor_args=(cfg, epoch, pose_range, pool),
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_format="numpy",
+            num_cpus=cfg.stage_num_cpus,
+        )
+        return ds.map_batches(RenderPairs, **render_stage)
+    if cfg.source == "real_anchor":
+        from clerf_ray.data.schema import read_labelled
+
+        ds = _with_pair_ids(
+            read_labelled(cfg.labelled_path, num_cpus=cfg.stage_num_cpus), cfg.stage_num_cpus
+        )
+        ds = ds.map_batches(
+            _decode_labelled,
+            fn_kwargs={"cfg": cfg, "epoch": epoch, "image_size": _image_size(cfg)},
+            batch_format="numpy",
+            num_cpus=cfg.stage_num_cpus,
+        )
+        return ds.map_batches(RenderPairs, **render_stage)
+    ds = ray.data.read_parquet(cfg.shards_path, num_cpus=cfg.stage_num_cpus)
+    return ds.map_batches(_decode_shards, batch_format="numpy", num_cpus=cfg.stage_num_cpus)
+
+
+def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0):
+    """The pretraining pairs of one epoch as a lazy ``ray.data.Dataset`` (module docstring)."""
+    return _rendered(cfg, epoch).map_batches(
+        _augment_batch,
+        fn_kwargs={"preset": cfg.augment, "seed": cfg.seed, "epoch": epoch},
+        batch_format="numpy",
+        num_cpus=cfg.stage_num_cpus,
+    )
+
+
+# --------------------------------------------------------------------------- render reuse
+
+
+def _encode_png(images: np.ndarray) -> list[bytes]:
+    from PIL import Image
+
+    out = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _to_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    n = len(batch["R"])
+    missing = np.full(n, -1, dtype=np.int64)
+    return {
+        "pair_id": batch["pair_id"].astype(np.int64),
+        "anchor": np.asarray(_encode_png(batch["anchor"]), dtype=object),
+        "positive": np.asarray(_encode_png(batch["positive"]), dtype=object),
+        "R": np.asarray(batch["R"], dtype=np.float32).reshape(n, 9),
+        "identity_a": np.asarray(batch.get("identity_a", missing), dtype=np.int64),
+        "identity_b": np.asarray(batch.get("identity_b", missing), dtype=np.int64),
+        "source": np.asarray(batch["source"]).astype(str),
+    }
+
+
+def render_pair_dataset(cfg: PairDataConfig):
+    """Rendered pairs before augmentation as Parquet-ready rows (PNG bytes, ``R`` as 9 floats).
+
+    Written to shards by ``jobs/render.py``; read back with ``source="shards"``.
+    """
+    if cfg.source == "shards":
+        raise ValueError("data.source must be 'synthetic' or 'real_anchor' to render shards")
+    return _rendered(cfg, epoch=0).map_batches(
+        _to_shard_rows, batch_format="numpy", num_cpus=cfg.stage_num_cpus
+    )
+
+
+# --------------------------------------------------------------------------- labelled images
+
+
+def _pairs_to_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # Both images of a pair carry the pair's label: two labelled samples per render pass.
+    return {
+        "image": np.concatenate([batch["anchor"], batch["positive"]]),
+        "R": np.concatenate([batch["R"], batch["R"]]).astype(np.float32),
+        "source": np.concatenate([batch["source"], batch["source"]]),
+    }
+
+
+def _augment_labelled(batch, preset: str, seed: int, epoch: int, image_size: int):
+    aug = GeometricAugment.preset(preset)
+    n = len(batch["R"])
+    images = _resize(_decode_images(batch["image"]), image_size)
+    R = np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3)
+    out_images, out_R = [], []
+    for i, rng in enumerate(_rngs(seed, epoch, _AUGMENT, batch["pair_id"].astype(np.int64))):
+        (im,), r = aug([images[i]], R[i], rng)
+        out_images.append(im)
+        out_R.append(r)
+    return {
+        "image": np.stack(out_images),
+        "R": np.asarray(out_R, dtype=np.float32),
+        "source": np.asarray(batch["dataset"]).astype(str),
+    }
+
+
+def build_labelled_image_dataset(
+    cfg: PairDataConfig, epoch: int = 0, labelled_path: str | None = None
+):
+    """Labelled images for the pose head and for evaluation: columns ``image`` (H, W, 3) uint8,
+    ``R`` (3, 3) float32 after augmentation, ``source``.
+
+    From ``labelled_path`` (the shared labelled schema; images resized to the renderer's
+    ``image_size``) when given, else from synthetic pairs (``cfg``; both images of each pair, so
+    ``2 * cfg.num_pairs`` rows).
+    """
+    if labelled_path is None:
+        return build_pair_dataset(cfg, epoch).map_batches(
+            _pairs_to_images, batch_format="numpy", num_cpus=cfg.stage_num_cpus
+        )
+    from clerf_ray.data.schema import read_labelled
+
+    return _with_pair_ids(
+        read_labelled(labelled_path, num_cpus=cfg.stage_num_cpus), cfg.stage_num_cpus
+    ).map_batches(
+        _augment_labelled,
+        fn_kwargs={
+            "preset": cfg.augment,
+            "seed": cfg.seed,
+            "epoch": epoch,
+            "image_size": _image_size(cfg),
+        },
+        batch_format="numpy",
+        num_cpus=cfg.stage_num_cpus,
+    )

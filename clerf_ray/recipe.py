@@ -1,0 +1,237 @@
+"""The whole CLERF recipe as one call: contrastive pretraining, the head on the frozen encoder, a
+quick evaluation on held-out identities over all of SO(3), MLflow logging and registration.
+
+``jobs/pretrain.py`` parses the config and calls :func:`run_recipe`; the same code runs on a
+laptop (local Ray) and under ``ray job submit`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clerf_ray.config import Config, dump_config
+
+
+@dataclass
+class RecipeResult:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    encoder_version: str | None = None
+    head_version: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def log(msg: str) -> None:
+    print(f"[clerf] {msg}", file=sys.stderr, flush=True)
+
+
+def init_ray() -> None:
+    """Connect to the cluster this process runs in (``ray job submit``, ``RAY_ADDRESS``) or start
+    a local one; quiet Ray Data's progress bars (our own progress lines say more)."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _git_sha() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except Exception:
+        return None
+
+
+def _log_history(stage: str, history: list[dict[str, Any]]) -> None:
+    import mlflow
+
+    step = 0
+    for h in history:
+        for loss in h.get("step_losses", []):
+            step += 1
+            mlflow.log_metric(f"{stage}/step_loss", loss, step=step)
+        mlflow.log_metrics(
+            {f"{stage}/{k}": float(h[k]) for k in ("loss", "lr", "samples_per_s", "elapsed_s")},
+            step=int(h["epoch"]),
+        )
+
+
+def run_recipe(cfg: Config) -> RecipeResult:
+    """Run everything in ``cfg`` and return where the results are."""
+    import mlflow
+
+    from clerf_ray import registry
+    from clerf_ray.data.pairs import build_labelled_image_dataset, build_pair_dataset
+    from clerf_ray.evaluate import evaluate_model, heldout_renders
+    from clerf_ray.models import PoseModel, create_encoder, create_head
+    from clerf_ray.train.head import head_loop
+    from clerf_ray.train.pretrain import pretrain_loop
+    from clerf_ray.train.runner import epoch_datasets, run_stage
+
+    t_start = time.monotonic()
+    timings: dict[str, float] = {}
+    init_ray()
+    uri = registry.setup(cfg.tracking.tracking_uri, cfg.tracking.experiment)
+    name = cfg.run_name or time.strftime("clerf-%Y%m%d-%H%M%S")
+    log(f"run {name}: tracking at {uri}, checkpoints under {cfg.storage_path}/{name}-*")
+    cfg_dict = cfg.model_dump(mode="json")
+
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.log_params(
+            {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
+        )
+        sha = _git_sha()
+        if sha:
+            mlflow.set_tag("git_sha", sha)
+        with tempfile.TemporaryDirectory() as d:
+            dump_config(cfg, Path(d) / "config.yaml")
+            mlflow.log_artifact(str(Path(d) / "config.yaml"))
+
+        # Stage 1: contrastive pretraining on pairs.
+        t0 = time.monotonic()
+        pair_cfg = cfg.data.pair_config(seed=cfg.seed)
+        log(
+            f"pretraining {cfg.model.backbone} for {cfg.pretrain.epochs} epochs of {cfg.data.num_pairs} pairs"
+        )
+        pre = run_stage(
+            stage="pretrain",
+            loop=pretrain_loop,
+            loop_config={"cfg": cfg_dict},
+            section=cfg.pretrain,
+            datasets=epoch_datasets(build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg),
+            storage_path=cfg.storage_path,
+            name=f"{name}-pretrain",
+        )
+        timings["pretrain_s"] = time.monotonic() - t0
+        _log_history("pretrain", pre.history)
+        encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
+        encoder.load_state_dict(pre.state["model"])
+
+        # Stage 2: the pose head on the frozen encoder.
+        t0 = time.monotonic()
+        head_cfg = cfg.data.pair_config(
+            seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2)
+        )
+        log(f"training the pose head for {cfg.head.epochs} epochs on the frozen encoder")
+        head = run_stage(
+            stage="head",
+            loop=head_loop,
+            loop_config={"cfg": cfg_dict, "encoder_state": pre.state["model"]},
+            section=cfg.head,
+            datasets=epoch_datasets(
+                build_labelled_image_dataset,
+                cfg.head.epochs,
+                cfg=head_cfg,
+                labelled_path=cfg.head.labelled_path,
+            ),
+            storage_path=cfg.storage_path,
+            name=f"{name}-head",
+        )
+        timings["head_s"] = time.monotonic() - t0
+        _log_history("head", head.history)
+        pose_head = create_head(cfg.model)
+        pose_head.load_state_dict(head.state["model"])
+        model = PoseModel(encoder, pose_head, freeze_encoder=True).eval()
+
+        # Quick evaluation on identities never seen in training, over all of SO(3).
+        t0 = time.monotonic()
+        eval_cfg = cfg.data.pair_config(
+            seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
+        )
+        images, R = heldout_renders(eval_cfg, cfg.eval.num_samples)
+        metrics = evaluate_model(model, images, R)
+        timings["eval_s"] = time.monotonic() - t0
+        mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
+
+        # Registration.
+        enc_uri = registry.log_model(encoder, "encoder")
+        head_uri = registry.log_model(model, "pose_model")
+        result = RecipeResult(
+            run_id=run.info.run_id,
+            tracking_uri=uri,
+            metrics=metrics,
+            checkpoints={"pretrain": pre.checkpoint_path, "head": head.checkpoint_path},
+            timings=timings,
+        )
+        if cfg.tracking.register_models:
+            result.encoder_version = registry.register(
+                cfg.tracking.encoder_name,
+                enc_uri,
+                run.info.run_id,
+                tags={"backbone": cfg.model.backbone},
+            )
+            result.head_version = registry.register(
+                cfg.tracking.head_name,
+                head_uri,
+                run.info.run_id,
+                tags={
+                    "encoder_name": cfg.tracking.encoder_name,
+                    "encoder_version": result.encoder_version,
+                    "geodesic_median": f"{metrics['geodesic_median']:.3f}",
+                },
+            )
+        timings["total_s"] = time.monotonic() - t_start
+        mlflow.log_metrics({f"time/{k}": v for k, v in timings.items()})
+    return result
+
+
+def summary_table(cfg: Config, result: RecipeResult) -> str:
+    """The closing table of ``jobs/pretrain.py``."""
+    m, t = result.metrics, result.timings
+    rows = [
+        ("held-out geodesic error, median", f"{m['geodesic_median']:.2f} deg"),
+        ("held-out geodesic error, mean", f"{m['geodesic_mean']:.2f} deg"),
+        (
+            "within 10 / 20 / 30 deg",
+            f"{m['within_10']:.1%} / {m['within_20']:.1%} / {m['within_30']:.1%}",
+        ),
+        (
+            "MAE (pitch, yaw, roll, mean)",
+            f"{m['mae_pitch']:.2f}, {m['mae_yaw']:.2f}, {m['mae_roll']:.2f}, {m['mae_mean']:.2f} deg",
+        ),
+        ("evaluated on", f"{m['n']} renders of held-out identities, all of SO(3)"),
+        (
+            "time: pretrain / head / eval / total",
+            " / ".join(
+                f"{t.get(k, 0):.0f}s" for k in ("pretrain_s", "head_s", "eval_s", "total_s")
+            ),
+        ),
+        ("MLflow run", f"{result.run_id} at {result.tracking_uri}"),
+    ]
+    if result.encoder_version:
+        rows.append(
+            (
+                "encoder",
+                f"models:/{cfg.tracking.encoder_name}/{result.encoder_version} (alias candidate)",
+            )
+        )
+        rows.append(
+            (
+                "head (encoder + head)",
+                f"models:/{cfg.tracking.head_name}/{result.head_version} (alias candidate)",
+            )
+        )
+    rows.append(("checkpoints", ", ".join(f"{k}: {v}" for k, v in result.checkpoints.items())))
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "CLERF run summary", "-" * (width + 40)]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)

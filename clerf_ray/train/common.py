@@ -1,0 +1,263 @@
+"""Pieces shared by the training loops: optimiser and schedule, checkpoints, finite-loss checks,
+batch conversion, progress output. Everything here runs inside Ray Train workers."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
+    warmup = max(1, int(round(total_steps * warmup_fraction)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def use_gpu(setting: bool | str) -> bool:
+    """Resolve ``use_gpu: auto`` on the driver: GPUs in the Ray cluster, else CPU."""
+    if setting != "auto":
+        return bool(setting)
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16/float16 autocast on CUDA when enabled; a no-op context on the CPU."""
+    return torch.autocast(
+        device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda"
+    )
+
+
+def images_to_tensor(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on ``device`` (the model normalises)."""
+    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def report_state(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """``ray.train.report`` with, when ``state`` is given (rank 0), a checkpoint holding it.
+
+    The state holds tensors, numbers, strings, lists and dicts only, so it loads with
+    ``weights_only=True``.
+    """
+    import ray.train
+
+    if state is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="clerf-ckpt-") as path:
+        torch.save(state, os.path.join(path, CHECKPOINT_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path))
+
+
+def load_state(checkpoint) -> dict[str, Any]:
+    """Read a state written by :func:`report_state` from a ``ray.train.Checkpoint``, without
+    unpickling arbitrary objects (``weights_only=True``)."""
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+class Progress:
+    """Rank-0 progress lines: epoch, step, loss, throughput."""
+
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, every_s: float = 10.0):
+        self.stage, self.epochs, self.steps, self.every_s = stage, epochs, steps_per_epoch, every_s
+        self.t0 = self.last = time.monotonic()
+        self.samples = 0
+
+    def step(self, epoch: int, step: int, loss: float, samples: int, lr: float) -> None:
+        self.samples += samples
+        now = time.monotonic()
+        if now - self.last >= self.every_s or step == self.steps:
+            rate = self.samples / max(now - self.t0, 1e-9)
+            print(
+                f"[{self.stage}] epoch {epoch + 1}/{self.epochs} step {step}/{self.steps} "
+                f"loss {loss:.4f} lr {lr:.2e} {rate:.0f} samples/s {now - self.t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last = now
+
+
+def global_batches(num_items: int, global_batch: int, world_size: int) -> tuple[int, int]:
+    """(per-worker batch, steps per epoch) for ``num_items`` split over ``world_size`` workers."""
+    per_worker = max(1, global_batch // world_size)
+    steps = max(1, num_items // (per_worker * world_size))
+    return per_worker, steps
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def fit(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    section,
+    steps: int,
+    per_worker: int,
+    loss_step,
+    trainable: torch.nn.Module | None = None,
+    dataset_prefix: str = "epoch_",
+) -> dict[str, Any]:
+    """The epoch loop shared by both stages, inside a Ray Train worker.
+
+    Resumes from ``ray.train.get_checkpoint()``; reads ``{dataset_prefix}{epoch}`` shards; calls
+    ``loss_step(batch) -> (loss, n_samples)``; stops cleanly on a non-finite loss (every rank,
+    no retry, last good checkpoint kept); reports metrics and a checkpoint every epoch; honours
+    ``section.time_limit_s``. ``trainable`` (default ``model``) is what is checkpointed.
+
+    Returns:
+        ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...]}``,
+        the history holding one metrics dict per finished epoch (across resumes).
+    """
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = next(model.parameters()).device
+    trainable = trainable if trainable is not None else model
+    scheduler = warmup_cosine(optimizer, steps * section.epochs, section.warmup_fraction)
+    amp = section.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    params = [q for q in trainable.parameters() if q.requires_grad]
+
+    start_epoch, elapsed, history = 0, 0.0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        unwrap(trainable).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed_s"])
+        history = list(state["history"])
+        if rank == 0:
+            print(
+                f"[{stage}] resuming from the checkpoint of epoch {start_epoch}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    progress = Progress(stage, section.epochs, steps)
+    status, message = "ok", ""
+    for epoch in range(start_epoch, section.epochs):
+        t0 = time.monotonic()
+        trainable.train()
+        shard = ray.train.get_dataset_shard(f"{dataset_prefix}{epoch}")
+        step_losses: list[float] = []
+        seen = 0
+        batches = shard.iter_torch_batches(
+            batch_size=per_worker, drop_last=True, collate_fn=numeric_tensors
+        )
+        for step, batch in enumerate(batches, start=1):
+            with autocast(device, amp):
+                loss, n = loss_step(batch)
+            if not finite_everywhere(loss, world):
+                status = "nonfinite"
+                message = (
+                    f"{stage}: loss is {loss.item()} at epoch {epoch + 1} step {step}; stopped. "
+                    "The last good checkpoint is kept; lower the learning rate or check the data."
+                )
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step_losses.append(float(loss.detach()))
+            seen += n * world
+            if rank == 0:
+                progress.step(epoch, step, step_losses[-1], n * world, scheduler.get_last_lr()[0])
+            if step >= steps:
+                break
+        if status == "nonfinite":
+            break
+        if not step_losses:
+            raise RuntimeError(
+                f"{stage}: epoch {epoch + 1} gave no full batch of {per_worker} per worker; "
+                "make the dataset larger or the batch smaller"
+            )
+        took = time.monotonic() - t0
+        elapsed += took
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": sum(step_losses) / len(step_losses),
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": seen / max(took, 1e-9),
+            "elapsed_s": elapsed,
+            "step_losses": step_losses,
+        }
+        history.append(metrics)
+        state = None
+        if rank == 0:
+            state = {
+                "model": unwrap(trainable).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "elapsed_s": elapsed,
+                "history": history,
+            }
+        report_state({k: v for k, v in metrics.items() if k != "step_losses"}, state)
+        if (
+            section.time_limit_s is not None
+            and elapsed >= section.time_limit_s
+            and epoch + 1 < section.epochs
+        ):
+            status = "time_limit"
+            message = (
+                f"{stage}: time limit {section.time_limit_s:.0f}s reached after epoch {epoch + 1}"
+            )
+            if rank == 0:
+                print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+            break
+    return {"status": status, "message": message, "history": history}
+
+
+def numeric_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Collate a numpy batch into CPU tensors, leaving out text columns (``source``)."""
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in batch.items()
+        if v.dtype.kind in "biuf"
+    }
+
+
+def finite_everywhere(loss: torch.Tensor, world_size: int) -> bool:
+    """Whether the loss is finite on every rank (all ranks agree, so they stop together)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+    if world_size > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bad.item() == 0
