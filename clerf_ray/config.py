@@ -92,6 +92,11 @@ class OptimSection(_Section):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="intra-op threads per worker; None: Ray's choice (one per reserved CPU)",
+    )
     use_gpu: bool | Literal["auto"] = "auto"
     amp: bool = Field(True, description="mixed precision (GPU only)")
     max_failures: int = Field(2, ge=0, description="worker failures survived by resuming")

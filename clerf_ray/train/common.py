@@ -143,6 +143,10 @@ def fit(
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if section.torch_threads:
+        # Ray pins OMP to the reserved CPUs; on a laptop the renderer leaves spare cycles that
+        # a second thread can use.
+        torch.set_num_threads(section.torch_threads)
     device = next(model.parameters()).device
     trainable = trainable if trainable is not None else model
     scheduler = warmup_cosine(optimizer, steps * section.epochs, section.warmup_fraction)

@@ -1,0 +1,1 @@
+"""Ray Train loops (run on workers) and the driver-side stage runner."""
