@@ -102,6 +102,127 @@ def _render(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "promote",
+    help="point an alias (default champion) of a registered model at one of its versions",
+    args=[
+        arg("name", help="registered model name, e.g. clerf-head"),
+        arg("version", help="model version number, e.g. 3"),
+        arg("--alias", default="champion", help="alias to move (default: champion)"),
+        arg(
+            "--tracking-uri",
+            default=None,
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+        ),
+    ],
+)
+def _promote(ns: argparse.Namespace) -> int:
+    from clerf_ray import registry
+
+    uri = registry.setup(ns.tracking_uri)
+    try:
+        registry.promote(ns.name, ns.version, ns.alias)
+    except LookupError as e:
+        raise SystemExit(f"clerf promote: {e}") from None
+    print(f"{ns.name}@{ns.alias} -> version {ns.version} (registry at {uri})")
+    return 0
+
+
+@command(
+    "evaluate",
+    help="evaluate registered models on a labelled set and its SA/FA variants (table, plots, MLflow)",
+    args=[
+        arg(
+            "--model",
+            action="append",
+            required=True,
+            help="registered model, name@alias or name/version (repeat to compare in one table)",
+        ),
+        arg(
+            "--data",
+            required=True,
+            help="labelled Parquet set (folder or s3:// prefix), or 'synthetic' for held-out renders",
+        ),
+        arg("--variants", default="standard,sa,fa", help="comma-separated: standard, sa, fa"),
+        arg(
+            "--aflw-protocol",
+            action="store_true",
+            help="keep samples with all |angles| <= 99 deg (AFLW2000 protocol)",
+        ),
+        arg("--out", default="eval", help="folder for results.md, results.csv and the plots"),
+        arg("--num-samples", type=int, default=None, help="at most this many samples"),
+        arg("--seed", type=int, default=0, help="seed of synthetic poses and variant draws"),
+        arg("--turn", choices=["yaw", "roll"], default="yaw", help="turn of the embedding plot"),
+        arg("--no-plots", action="store_true", help="skip the figures"),
+        arg("--tracking-uri", default=None, help="MLflow tracking URI"),
+        arg("--experiment", default="clerf-eval", help="MLflow experiment of the evaluation runs"),
+    ],
+)
+def _evaluate(ns: argparse.Namespace) -> int:
+    from clerf_ray.evaluate import run_evaluation
+
+    variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
+    if ns.data == "synthetic":
+        from clerf_ray.recipe import init_ray
+
+        init_ray()
+    try:
+        report = run_evaluation(
+            ns.model,
+            ns.data,
+            variants=variants,
+            aflw_protocol=ns.aflw_protocol,
+            out=ns.out,
+            num_samples=ns.num_samples,
+            seed=ns.seed,
+            tracking_uri=ns.tracking_uri,
+            experiment=ns.experiment,
+            plots=not ns.no_plots,
+            turn=ns.turn,
+        )
+    except (LookupError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"clerf evaluate: {e}") from None
+    print(report.table)
+    print(f"wrote {report.out}/results.md, results.csv and {len(report.files) - 2} plot(s)")
+    for ref, run_id in report.run_ids.items():
+        print(f"MLflow run {run_id}: {ref}")
+    return 0
+
+
+@command(
+    "predict",
+    help="head pose of images: one JSON line per image (file, pitch, yaw, roll in degrees, R)",
+    args=[
+        arg("inputs", nargs="+", help="image files, directories or s3:// prefixes"),
+        arg("--model", default="clerf-head@champion", help="registered model (name@alias)"),
+        arg("--out", default=None, help="folder for the images with the pose axes drawn"),
+        arg(
+            "--boxes",
+            default=None,
+            help="JSON {file: [x0, y0, x1, y1]} or CSV file,x0,y0,x1,y1 of face boxes in whole images",
+        ),
+        arg("--tracking-uri", default=None, help="MLflow tracking URI"),
+        arg("--num-actors", type=int, default=1, help="Ray Data predictor actors (directories)"),
+        arg("--num-cpus", type=float, default=0.5, help="CPUs per predictor actor"),
+    ],
+)
+def _predict(ns: argparse.Namespace) -> int:
+    from clerf_ray.predict import run_predict
+
+    try:
+        return run_predict(
+            ns.model,
+            ns.inputs,
+            out=ns.out,
+            boxes_path=ns.boxes,
+            tracking_uri=ns.tracking_uri,
+            num_actors=ns.num_actors,
+            num_cpus=ns.num_cpus,
+        )
+    except (LookupError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"clerf predict: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clerf", description="CLERF head pose estimation on Ray")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

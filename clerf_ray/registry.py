@@ -80,9 +80,14 @@ def register(
 
 
 def promote(name: str, version: str | int, alias: str = "champion") -> None:
-    """Point ``alias`` (default ``champion``) of model ``name`` at ``version``."""
+    """Point ``alias`` (default ``champion``) of model ``name`` at ``version``.
+
+    Raises:
+        LookupError: no version ``version`` of ``name`` in the registry (named in the message).
+    """
     from mlflow import MlflowClient
 
+    model_version(f"{name}/{version}")  # a clear LookupError before touching the alias
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
@@ -110,8 +115,12 @@ def model_version(ref: str):
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, version)
     except MlflowException as e:
+        import mlflow
+
+        # The registry this process uses (set by setup()), not only the environment's default.
         raise LookupError(
-            f"model {ref!r} not found in the MLflow registry at {tracking_uri()}: {e.message}"
+            f"model {ref!r} not found in the MLflow registry at {mlflow.get_registry_uri()}: "
+            f"{e.message}"
         ) from None
 
 

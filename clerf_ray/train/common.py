@@ -3,6 +3,7 @@ batch conversion, progress output. Everything here runs inside Ray Train workers
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -136,8 +137,10 @@ def fit(
     ``section.time_limit_s``. ``trainable`` (default ``model``) is what is checkpointed.
 
     Returns:
-        ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...]}``,
-        the history holding one metrics dict per finished epoch (across resumes).
+        ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
+        "param_checksum": str}``, the history holding one metrics dict per finished epoch (across
+        resumes); ``param_checksum`` is :func:`parameter_checksum` of this rank's trainable module
+        at the end (equal on every rank when DDP kept the replicas in step).
     """
     import ray.train
 
@@ -187,9 +190,11 @@ def fit(
                 loss, n = loss_step(batch)
             if not finite_everywhere(loss, world):
                 status = "nonfinite"
+                # Every rank stops here; the value may be finite on this rank and not on another.
                 message = (
-                    f"{stage}: loss is {loss.item()} at epoch {epoch + 1} step {step}; stopped. "
-                    "The last good checkpoint is kept; lower the learning rate or check the data."
+                    f"{stage}: non-finite loss at epoch {epoch + 1} step {step} (rank {rank}: "
+                    f"{loss.item()}); stopped. The last good checkpoint is kept; lower the "
+                    "learning rate or check the data."
                 )
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -237,7 +242,7 @@ def fit(
         report_state({k: v for k, v in metrics.items() if k != "step_losses"}, state)
         if (
             section.time_limit_s is not None
-            and elapsed >= section.time_limit_s
+            and any_rank(elapsed >= section.time_limit_s, world, device)
             and epoch + 1 < section.epochs
         ):
             status = "time_limit"
@@ -247,7 +252,25 @@ def fit(
             if rank == 0:
                 print(f"[{stage}] {message}", file=sys.stderr, flush=True)
             break
-    return {"status": status, "message": message, "history": history}
+    return {
+        "status": status,
+        "message": message,
+        "history": history,
+        "param_checksum": parameter_checksum(trainable),
+    }
+
+
+def parameter_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 (hex) of a module's parameters: names and exact bytes, in registration order.
+
+    Buffers (BatchNorm running statistics) are left out: DDP broadcasts them from rank 0 at the
+    start of each forward, so after the last forward they legitimately differ between ranks.
+    """
+    h = hashlib.sha256()
+    for name, p in unwrap(module).named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def numeric_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -257,6 +280,15 @@ def numeric_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         for k, v in batch.items()
         if v.dtype.kind in "biuf"
     }
+
+
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """Whether ``flag`` holds on at least one rank (every rank gets the same answer, so they
+    take the same branch; a rank stopping alone would leave the others waiting in a collective)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.item() > 0
 
 
 def finite_everywhere(loss: torch.Tensor, world_size: int) -> bool:
