@@ -1,7 +1,22 @@
-"""Evaluation: predictions on labelled images and the error summary reported everywhere."""
+"""Evaluation: predictions on labelled images, the error summary reported everywhere, the SA/FA
+test variants, the AFLW2000 protocol filter, and the ``clerf evaluate`` report.
+
+Metrics follow the peers (DESIGN.md, "Metrics"): Euler MAE in degrees (wrapped; on real sets the
+prediction's Euler angles are compared with the dataset's own ``euler_deg``), MAEV, geodesic error
+(mean, median, 90th percentile) and the share of samples within 10/20/30 deg of geodesic error.
+
+    report = run_evaluation(["clerf-head@candidate", "clerf-baseline@candidate"], "synthetic",
+                            out="eval_out")
+"""
 
 from __future__ import annotations
 
+import csv
+import math
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,10 +24,36 @@ import torch
 
 from clerf_ray import geometry
 
+VARIANTS = ("standard", "sa", "fa")
+# Salt that keeps the variant draws apart from every other random stream of a seed.
+_VARIANT_SALT = 17
+AFLW_LIMIT_DEG = 99.0
 
-def summarize(R_pred: np.ndarray, R_true: np.ndarray) -> dict[str, float]:
-    """Geodesic error (mean, median, 90th percentile, share within 10/20/30 deg), MAEV and Euler
-    MAE, all in degrees, over (N, 3, 3) predictions and labels."""
+
+# --------------------------------------------------------------------------- metrics
+
+
+def summarize(
+    R_pred: np.ndarray, R_true: np.ndarray, euler_true: np.ndarray | None = None
+) -> dict[str, float]:
+    """Error summary over a set, all angles in degrees.
+
+    Args:
+        R_pred: (N, 3, 3) predicted labels (dataset convention, ``clerf_ray.geometry``).
+        R_true: (N, 3, 3) true labels.
+        euler_true: optional (N, 3) true Euler angles in radians, ordered (pitch, yaw, roll), used
+            for the Euler MAE instead of the angles of ``R_true`` (real sets: the dataset's own
+            angles, as the peers compare).
+
+    Returns:
+        ``geodesic_mean``, ``geodesic_median``, ``geodesic_p90``, ``within_10/20/30`` (shares in
+        [0, 1] of samples with geodesic error <= 10/20/30 deg), ``maev``, ``mae_pitch``,
+        ``mae_yaw``, ``mae_roll``, ``mae_mean`` and ``n``.
+    """
+    R_pred = np.asarray(R_pred, dtype=np.float64)
+    R_true = np.asarray(R_true, dtype=np.float64)
+    if len(R_true) == 0:
+        raise ValueError("summarize: no samples to evaluate")
     err = geometry.geodesic_error(R_pred, R_true)
     out = {
         "geodesic_mean": float(err.mean()),
@@ -24,7 +65,8 @@ def summarize(R_pred: np.ndarray, R_true: np.ndarray) -> dict[str, float]:
         "maev": float(geometry.maev(R_pred, R_true).mean()),
         "n": int(len(err)),
     }
-    out.update({f"mae_{k}": v for k, v in geometry.mae_euler(R_pred, R_true).items()})
+    true = R_true if euler_true is None else np.asarray(euler_true, dtype=np.float64)
+    out.update({f"mae_{k}": v for k, v in geometry.mae_euler(R_pred, true).items()})
     return out
 
 
@@ -45,8 +87,6 @@ def predict(
 def heldout_renders(pair_cfg, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Labelled renders of the identities in ``pair_cfg.identities`` over all of SO(3) (FA
     augmentation on top of the renderer's own range): (images, R)."""
-    from dataclasses import replace
-
     from clerf_ray.data.pairs import build_labelled_image_dataset
 
     cfg = replace(pair_cfg, num_pairs=max(1, (num_samples + 1) // 2), source="synthetic")
@@ -58,3 +98,365 @@ def heldout_renders(pair_cfg, num_samples: int) -> tuple[np.ndarray, np.ndarray]
 
 def evaluate_model(model, images: np.ndarray, R: np.ndarray) -> dict[str, Any]:
     return summarize(predict(model, images), R)
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+@dataclass
+class EvalSet:
+    """A labelled evaluation set held in memory.
+
+    Attributes:
+        name: where it came from (a path or ``"synthetic"``), plus the variant.
+        images: (N, S, S, 3) uint8 crops, all resized to one side S.
+        R: (N, 3, 3) float64 labels (dataset convention).
+        euler: (N, 3) the dataset's own (pitch, yaw, roll) in radians, or None when the angles
+            of ``R`` are the reference (renders, and every transformed variant).
+        files: N identifiers.
+    """
+
+    name: str
+    images: np.ndarray
+    R: np.ndarray
+    euler: np.ndarray | None = None
+    files: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.R)
+
+    def subset(self, mask: np.ndarray) -> EvalSet:
+        idx = np.flatnonzero(mask)
+        return EvalSet(
+            self.name,
+            self.images[idx],
+            self.R[idx],
+            None if self.euler is None else self.euler[idx],
+            [self.files[i] for i in idx],
+        )
+
+    def reference_euler_deg(self) -> np.ndarray:
+        """(N, 3) (pitch, yaw, roll) in degrees: the dataset's own, else those of ``R``."""
+        if self.euler is not None:
+            return np.degrees(self.euler)
+        return np.degrees(np.stack(geometry.matrix_to_euler(self.R), -1))
+
+
+def _resize_all(images: list[np.ndarray], size: int) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if im.shape[0] != size or im.shape[1] != size:
+            im = np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+        out.append(im)
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def load_parquet_set(path: str, image_size: int, num_samples: int | None = None) -> EvalSet:
+    """A labelled Parquet set (``clerf_ray.data.schema``, local or s3://) as an :class:`EvalSet`,
+    crops resized to ``image_size`` pixels; the first ``num_samples`` rows when given."""
+    from clerf_ray.data.schema import decode_image, labelled_R, load_labelled
+
+    table = load_labelled(path)
+    if num_samples is not None:
+        table = table.slice(0, num_samples)
+    if table.num_rows == 0:
+        raise ValueError(f"--data {path!r} holds no rows")
+    images = _resize_all([decode_image(b) for b in table.column("image").to_pylist()], image_size)
+    euler = np.radians(np.asarray(table.column("euler_deg").to_pylist(), dtype=np.float64))
+    return EvalSet(
+        name=path,
+        images=images,
+        R=labelled_R(table),
+        euler=euler,
+        files=[str(f) for f in table.column("file").to_pylist()],
+    )
+
+
+def synthetic_set(
+    num_samples: int,
+    image_size: int,
+    seed: int = 0,
+    identities: tuple[int, int] = (2_000_000, 2_100_000),
+    renderer: str = "procedural",
+    renderer_options: dict[str, Any] | None = None,
+) -> EvalSet:
+    """Renders of held-out identities at poses uniform over the renderer's range (all of SO(3)
+    for the procedural renderer), without augmentation: the full-range benchmark. Uses Ray."""
+    from clerf_ray.data.pairs import PairDataConfig
+
+    cfg = PairDataConfig(
+        source="synthetic",
+        renderer=renderer,
+        renderer_options={**(renderer_options or {}), "image_size": image_size},
+        num_pairs=max(1, (num_samples + 1) // 2),
+        identities=identities,
+        augment="none",
+        seed=seed,
+        render_batch_size=min(64, max(1, num_samples)),
+    )
+    images, R = heldout_renders(cfg, num_samples)
+    return EvalSet("synthetic", images, R, None, [f"render-{i:05d}" for i in range(len(R))])
+
+
+def aflw_protocol_mask(euler_deg: np.ndarray, limit_deg: float = AFLW_LIMIT_DEG) -> np.ndarray:
+    """AFLW2000 protocol: keep samples whose three Euler angles (degrees, (N, 3)) all lie within
+    +-``limit_deg`` (99 deg: 1969 of the 2000 images)."""
+    return np.all(np.abs(np.asarray(euler_deg)) <= limit_deg, axis=-1)
+
+
+def make_variant(base: EvalSet, preset: str, seed: int = 0) -> EvalSet:
+    """The SA or FA variant of a set: each image gets its own seeded draw of the
+    ``GeometricAugment`` preset (``"sa"``: in-plane rotation within +-15 deg; ``"fa"``: any
+    rotation and flips) and its label the exact matching transform.
+
+    The draw of sample i depends only on ``(seed, i)``, so a variant is reproducible and the
+    same for every model compared. The result's ``euler`` is None: the transformed labels'
+    own angles are the reference.
+    """
+    from clerf_ray.augment import GeometricAugment
+
+    if preset == "standard":
+        return base
+    aug = GeometricAugment.preset(preset)
+    images, labels = [], []
+    for i in range(len(base)):
+        rng = np.random.default_rng([seed, _VARIANT_SALT, i])
+        (im,), r = aug([base.images[i]], base.R[i], rng)
+        images.append(im)
+        labels.append(r)
+    return EvalSet(
+        f"{base.name}:{preset}",
+        np.stack(images) if images else base.images[:0],
+        np.asarray(labels, dtype=np.float64).reshape(-1, 3, 3),
+        None,
+        list(base.files),
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+TABLE_COLUMNS = (
+    ("model", "model", "{}"),
+    ("variant", "variant", "{}"),
+    ("n", "n", "{}"),
+    ("mae_pitch", "MAE pitch", "{:.2f}"),
+    ("mae_yaw", "MAE yaw", "{:.2f}"),
+    ("mae_roll", "MAE roll", "{:.2f}"),
+    ("mae_mean", "MAE", "{:.2f}"),
+    ("maev", "MAEV", "{:.2f}"),
+    ("geodesic_mean", "geodesic mean", "{:.2f}"),
+    ("geodesic_median", "geodesic median", "{:.2f}"),
+    ("within_10", "<=10 deg", "{:.1%}"),
+    ("within_20", "<=20 deg", "{:.1%}"),
+    ("within_30", "<=30 deg", "{:.1%}"),
+)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of :func:`run_evaluation` as a markdown table (angles in degrees)."""
+    head = "| " + " | ".join(t for _, t, _ in TABLE_COLUMNS) + " |"
+    sep = "|" + "|".join(
+        "---" if k in ("model", "variant") else "---:" for k, _, _ in TABLE_COLUMNS
+    )
+    lines = [head, sep + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(f.format(r[k]) for k, _, f in TABLE_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    keys = list(rows[0]) if rows else [k for k, _, _ in TABLE_COLUMNS]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model reference (``clerf-head@candidate`` ->
+    ``clerf-head_candidate``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`run_evaluation` produced."""
+
+    rows: list[dict[str, Any]]
+    table: str
+    out: Path
+    files: list[Path]
+    run_ids: dict[str, str]
+
+
+def _log(msg: str) -> None:
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def run_evaluation(
+    models: list[str],
+    data: str,
+    *,
+    variants: list[str] | tuple[str, ...] = VARIANTS,
+    aflw_protocol: bool = False,
+    out: str | Path = "eval",
+    num_samples: int | None = None,
+    seed: int = 0,
+    identities: tuple[int, int] = (2_000_000, 2_100_000),
+    renderer: str = "procedural",
+    tracking_uri: str | None = None,
+    experiment: str = "clerf-eval",
+    plots: bool = True,
+    worst_k: int = 16,
+    turn: str = "yaw",
+    log_mlflow: bool = True,
+) -> EvaluationReport:
+    """Evaluate registered models on one set and its variants; write the table, plots, MLflow.
+
+    Args:
+        models: registry references (``name@alias``, ``name/version``); loaded with
+            ``registry.load_registered`` from the store at ``tracking_uri``.
+        data: a labelled Parquet set (local folder or s3:// prefix), or ``"synthetic"`` for
+            renders of held-out identities (``identities``) over the renderer's whole range.
+        variants: any of ``"standard"``, ``"sa"``, ``"fa"``.
+        aflw_protocol: keep only samples with all |Euler angles| <= 99 deg (the dataset's own
+            angles), before the variants are made.
+        out: folder for ``results.md``, ``results.csv`` and the plots.
+        num_samples: at most this many samples (synthetic default: 512).
+        seed: seed of the synthetic poses and of the variants' draws.
+        tracking_uri, experiment: MLflow store and the experiment that gets one run per model
+            (tag ``model_ref``), holding ``{variant}/{metric}`` metrics and the report files.
+        plots: draw the figures (``clerf_ray.plots``).
+        worst_k: worst cases shown per model and variant.
+        turn: ``"yaw"`` or ``"roll"``, the 360 deg turn whose embedding is plotted.
+
+    Returns:
+        An :class:`EvaluationReport`.
+    """
+    from clerf_ray import registry
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if not models:
+        raise ValueError("--model: give at least one registered model")
+    registry.setup(tracking_uri, experiment if log_mlflow else None)
+    loaded = {}
+    for ref in models:
+        _log(f"loading {ref}")
+        loaded[ref] = registry.load_registered(ref)
+    image_size = max(m.encoder.image_size for m in loaded.values())
+    if data == "synthetic":
+        base = synthetic_set(
+            num_samples or 512, image_size, seed=seed, identities=identities, renderer=renderer
+        )
+    else:
+        base = load_parquet_set(data, image_size, num_samples)
+    if aflw_protocol:
+        keep = aflw_protocol_mask(base.reference_euler_deg())
+        _log(f"AFLW2000 protocol: {int(keep.sum())} of {len(base)} samples have |angles| <= 99")
+        base = base.subset(keep)
+        if len(base) == 0:
+            raise ValueError(f"--aflw-protocol left no samples of {data!r}")
+    _log(f"evaluating {len(models)} model(s) on {len(base)} samples of {data!r}: {list(variants)}")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    files: list[Path] = []
+    per_model_files: dict[str, list[Path]] = {ref: [] for ref in models}
+    for variant in variants:
+        vset = make_variant(base, variant, seed=seed)
+        for ref, model in loaded.items():
+            R_pred = predict(model, vset.images)
+            metrics = summarize(R_pred, vset.R, vset.euler)
+            rows.append({"model": ref, "variant": variant, **metrics})
+            if plots:
+                from clerf_ray import plots as P
+
+                err = geometry.geodesic_error(R_pred, vset.R)
+                stem = out / f"{slug(ref)}_{variant}"
+                made = [
+                    P.plot_error_by_angle(
+                        vset.R, err, f"{stem}_error_by_angle.png", title=f"{ref} on {vset.name}"
+                    ),
+                    P.plot_worst_cases(
+                        vset.images,
+                        R_pred,
+                        vset.R,
+                        err,
+                        f"{stem}_worst.png",
+                        k=worst_k,
+                        title=f"{ref}: worst cases on {vset.name}",
+                        files=vset.files,
+                    ),
+                ]
+                per_model_files[ref] += made
+    if plots:
+        from clerf_ray import plots as P
+
+        for ref, model in loaded.items():
+            path = out / f"{slug(ref)}_turn_embedding.png"
+            P.plot_turn_embedding(
+                model.encoder,
+                path,
+                kind=turn,
+                identity=identities[0],
+                renderer=renderer,
+                title=f"{ref}: embedding of a 360 deg {turn} turn (PCA)",
+            )
+            per_model_files[ref].append(path)
+    table = markdown_table(rows)
+    (out / "results.md").write_text(
+        f"Evaluation on `{data}`"
+        + (" (AFLW2000 protocol, |angles| <= 99 deg)" if aflw_protocol else "")
+        + f", {len(base)} samples; angles in degrees.\n\n"
+        + table
+    )
+    write_csv(rows, out / "results.csv")
+    files = [out / "results.md", out / "results.csv"] + [
+        p for v in per_model_files.values() for p in v
+    ]
+
+    run_ids: dict[str, str] = {}
+    if log_mlflow:
+        run_ids = _log_runs(rows, models, data, aflw_protocol, out, per_model_files)
+    return EvaluationReport(rows, table, out, files, run_ids)
+
+
+def _log_runs(rows, models, data, aflw_protocol, out: Path, per_model_files) -> dict[str, str]:
+    import mlflow
+
+    from clerf_ray import registry
+
+    run_ids = {}
+    for ref in models:
+        mv = registry.model_version(ref)
+        with mlflow.start_run(run_name=f"eval {ref}") as run:
+            mlflow.set_tags(
+                {
+                    "model_ref": ref,
+                    "model_name": mv.name,
+                    "model_version": str(mv.version),
+                    "eval_data": data,
+                    "aflw_protocol": str(bool(aflw_protocol)),
+                }
+            )
+            for r in rows:
+                if r["model"] != ref:
+                    continue
+                mlflow.log_metrics(
+                    {
+                        f"{r['variant']}/{k}": float(v)
+                        for k, v in r.items()
+                        if k not in ("model", "variant") and math.isfinite(float(v))
+                    }
+                )
+            mlflow.log_artifact(str(out / "results.md"))
+            mlflow.log_artifact(str(out / "results.csv"))
+            for p in per_model_files.get(ref, []):
+                mlflow.log_artifact(str(p), artifact_path="plots")
+            run_ids[ref] = run.info.run_id
+    return run_ids
