@@ -5,7 +5,9 @@
 * ``anchor``, ``positive``: (H, W, 3) uint8 images showing the same pose;
 * ``R``: (3, 3) float32 label after augmentation (dataset convention, ``clerf_ray.geometry``);
 * ``source``: where the anchor came from (``"render:<renderer>"`` or the labelled set's name);
-* ``pair_id``: int64, the pair's index within the epoch.
+* ``pair_id``: int64, the pair's index within the epoch;
+* ``identity_a``, ``identity_b``: int64 identity seeds of the anchor and the positive (-1 for a
+  real anchor).
 
 Three sources:
 
@@ -18,8 +20,10 @@ Three sources:
 
 Rendering runs in actors (``map_batches`` with a callable class and ``ActorPoolStrategy``), with
 ``num_gpus`` for GAN backends and an optional custom resource for placement. Every random choice is
-derived from ``(seed, epoch, pair_id)``, so a run is reproducible and each epoch sees new draws
-regardless of how Ray splits the work into blocks.
+drawn from ``np.random.default_rng([seed, epoch, stage, pair_id])`` (one stream per pair and
+stage: pose, identities, augmentation), so a run is reproducible, each epoch sees new draws, and
+neither depends on how Ray splits the work into blocks or on the number of actors. Shards keep
+their ``pair_id``, so their augmentation follows the same rule.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from clerf_ray import geometry
 from clerf_ray.augment import GeometricAugment
+from clerf_ray.data.shards import ShardWriter, read_report
 
 # Salts that keep the random streams of the sampling, identity and augmentation stages apart.
 _POSE, _IDENTITY, _AUGMENT = 1, 2, 3
@@ -92,14 +98,48 @@ class PairDataConfig:
             raise ValueError("data.labelled_path is required when data.source is 'real_anchor'")
         if self.source == "shards" and not self.shards_path:
             raise ValueError("data.shards_path is required when data.source is 'shards'")
+        if isinstance(self.num_pairs, bool) or int(self.num_pairs) != self.num_pairs:
+            raise ValueError(f"data.num_pairs must be an integer, got {self.num_pairs!r}")
         if self.num_pairs <= 0:
             raise ValueError(f"data.num_pairs must be positive, got {self.num_pairs}")
+        if not isinstance(self.renderer, str):
+            raise ValueError(f"data.renderer must be a renderer name, got {self.renderer!r}")
+        try:
+            from clerf_ray.render import renderer_class
+
+            renderer_class(self.renderer)
+        except ValueError as e:
+            raise ValueError(f"data.renderer: {e}") from None
+        size = self.renderer_options.get("image_size", 64)
+        if isinstance(size, bool) or int(size) != size or size < 8:
+            raise ValueError(
+                f"data.renderer_options.image_size must be an integer >= 8, got {size!r}"
+            )
+        if not self.poses:
+            raise ValueError("data.poses must be 'so3', 'ranges' or a labelled set's path, got ''")
+        for name in ("yaw_range", "pitch_range", "roll_range"):
+            r = getattr(self, name)
+            if len(r) != 2 or not all(np.isfinite(r)) or r[0] > r[1]:
+                raise ValueError(
+                    f"data.{name} must be (low, high) degrees with low <= high, got {r}"
+                )
         lo, hi = self.identities
         if not (0 <= lo and hi - lo >= 2):
             raise ValueError(
                 f"data.identities must be a range [low, high) of at least 2 seeds, got {self.identities}"
             )
-        GeometricAugment.preset(self.augment)  # fails on an unknown preset with its name
+        for name in ("render_batch_size", "num_render_actors"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"data.{name} must be an integer >= 1, got {v!r}")
+        for name in ("render_num_cpus", "render_num_gpus", "stage_num_cpus"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"data.{name} must be a number >= 0, got {v!r}")
+        try:
+            GeometricAugment.preset(self.augment)
+        except ValueError as e:
+            raise ValueError(f"data.augment: {e}") from None
 
 
 def _rngs(seed: int, epoch: int, salt: int, ids: np.ndarray) -> list[np.random.Generator]:
@@ -170,18 +210,25 @@ def _two_distinct(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]
 
 class RenderPairs:
     """Renderer actor: renders ``identity_a`` and ``identity_b`` (or only the positive, when the
-    batch already holds an ``anchor`` image) at each row's pose."""
+    batch already holds an ``anchor`` image) at each row's pose.
 
-    def __init__(self, renderer: str, renderer_options: dict[str, Any]):
-        from clerf_ray.render import make_renderer
+    Args:
+        factory: the renderer class or factory (``renderer_class(name)``), resolved on the driver
+            so that a backend registered only in the driver process (a plugin, a test) reaches
+            the actors too.
+        renderer_options: keyword options for the factory.
+    """
 
-        self.renderer = make_renderer(renderer, **renderer_options)
+    def __init__(self, factory, renderer_options: dict[str, Any]):
+        self.renderer = factory(**renderer_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         R = np.asarray(batch["R"], dtype=np.float64).reshape(-1, 3, 3)
         out = dict(batch)
         if "anchor" not in batch:
             out["anchor"] = self.renderer.render(batch["identity_a"], R)
+        else:
+            out["identity_a"] = np.full(len(R), -1, dtype=np.int64)
         out["positive"] = self.renderer.render(batch["identity_b"], R)
         return out
 
@@ -204,6 +251,8 @@ def _augment_batch(
         "R": np.asarray(labels, dtype=np.float32),
         "source": batch["source"],
         "pair_id": ids,
+        "identity_a": np.asarray(batch["identity_a"], dtype=np.int64),
+        "identity_b": np.asarray(batch["identity_b"], dtype=np.int64),
     }
 
 
@@ -249,6 +298,8 @@ def _decode_shards(batch) -> dict[str, np.ndarray]:
         "anchor": _decode_images(batch["anchor"]),
         "positive": _decode_images(batch["positive"]),
         "R": np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3),
+        "identity_a": batch["identity_a"].astype(np.int64),
+        "identity_b": batch["identity_b"].astype(np.int64),
         "source": np.asarray(batch["source"]).astype(str),
     }
 
@@ -258,7 +309,6 @@ def _decode_shards(batch) -> dict[str, np.ndarray]:
 
 def _with_pair_ids(ds, num_cpus: float):
     """Number the rows of a read dataset 0..n-1 in a stable order (for per-row seeds)."""
-    import pyarrow as pa
 
     # Ray Data has no stable row index of its own; read order is deterministic for a file list,
     # so a single-block pass numbers the rows. Labelled sets are small (tens of thousands of rows).
@@ -276,7 +326,6 @@ def _pair_ids(n: int, blocks: int):
     ``ray.data.range`` reads with one whole CPU per task and offers no way to lower it; next to a
     1-CPU trainer on a 2-core machine that starves the renderer actors and the run hangs.
     """
-    import pyarrow as pa
     import ray.data
 
     chunks = np.array_split(np.arange(n, dtype=np.int64), blocks)
@@ -308,7 +357,7 @@ def _rendered(cfg: PairDataConfig, epoch: int):
     render_stage = dict(
         compute=ray.data.ActorPoolStrategy(size=cfg.num_render_actors),
         fn_constructor_kwargs={
-            "renderer": cfg.renderer,
+            "factory": renderer_class(cfg.renderer),
             "renderer_options": dict(cfg.renderer_options),
         },
         batch_size=cfg.render_batch_size,
@@ -345,8 +394,9 @@ def _rendered(cfg: PairDataConfig, epoch: int):
             num_cpus=cfg.stage_num_cpus,
         )
         return ds.map_batches(RenderPairs, **render_stage)
-    ds = ray.data.read_parquet(cfg.shards_path, num_cpus=cfg.stage_num_cpus)
-    return ds.map_batches(_decode_shards, batch_format="numpy", num_cpus=cfg.stage_num_cpus)
+    return read_pair_shards(cfg.shards_path, num_cpus=cfg.stage_num_cpus).map_batches(
+        _decode_shards, batch_format="numpy", num_cpus=cfg.stage_num_cpus
+    )
 
 
 def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0):
@@ -360,6 +410,27 @@ def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0):
 
 
 # --------------------------------------------------------------------------- render reuse
+
+# Rendered pairs before augmentation, one row per pair, written by ``write_pair_shards``
+# (``jobs/render.py``) in the shard layout of ``clerf_ray.data.shards``, read back with
+# ``source="shards"``:
+# * pair_id (int64): the pair's index; seeds its augmentation when read back.
+# * anchor, positive (binary): PNG-encoded (H, W, 3) RGB images, before augmentation.
+# * R (fixed_size_list<float32>[9]): the pair's label, row-major, dataset convention.
+# * identity_a, identity_b (int64): identity seeds (-1 for a real anchor).
+# * source (string): "render:<renderer>" or the labelled set's name.
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.int64(), nullable=False),
+        pa.field("anchor", pa.binary(), nullable=False),
+        pa.field("positive", pa.binary(), nullable=False),
+        pa.field("R", pa.list_(pa.float32(), 9), nullable=False),
+        pa.field("identity_a", pa.int64(), nullable=False),
+        pa.field("identity_b", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ],
+    metadata={"clerf_ray.schema": "pairs/1"},
+)
 
 
 def _encode_png(images: np.ndarray) -> list[bytes]:
@@ -390,13 +461,138 @@ def _to_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 def render_pair_dataset(cfg: PairDataConfig):
     """Rendered pairs before augmentation as Parquet-ready rows (PNG bytes, ``R`` as 9 floats).
 
-    Written to shards by ``jobs/render.py``; read back with ``source="shards"``.
+    Written to shards by :func:`write_pair_shards` (``jobs/render.py``); read back with
+    ``source="shards"``. Uses the draws of epoch 0.
     """
     if cfg.source == "shards":
         raise ValueError("data.source must be 'synthetic' or 'real_anchor' to render shards")
     return _rendered(cfg, epoch=0).map_batches(
         _to_shard_rows, batch_format="numpy", num_cpus=cfg.stage_num_cpus
     )
+
+
+def pair_table(batch: dict[str, Any]):
+    """A numpy batch of :func:`render_pair_dataset` as a ``pyarrow.Table`` of :data:`PAIR_SCHEMA`."""
+    R = np.asarray(np.stack(list(batch["R"])), dtype=np.float32).reshape(-1, 9)
+    columns = {
+        "pair_id": pa.array(np.asarray(batch["pair_id"], dtype=np.int64)),
+        "anchor": pa.array([bytes(b) for b in batch["anchor"]], pa.binary()),
+        "positive": pa.array([bytes(b) for b in batch["positive"]], pa.binary()),
+        "R": pa.FixedSizeListArray.from_arrays(pa.array(R.ravel(), pa.float32()), 9),
+        "identity_a": pa.array(np.asarray(batch["identity_a"], dtype=np.int64)),
+        "identity_b": pa.array(np.asarray(batch["identity_b"], dtype=np.int64)),
+        "source": pa.array([str(x) for x in batch["source"]], pa.string()),
+    }
+    return pa.table(columns, schema=PAIR_SCHEMA)
+
+
+class PairShardWriter(ShardWriter):
+    """:class:`~clerf_ray.data.shards.ShardWriter` for pair tables (:data:`PAIR_SCHEMA`): the same
+    staging, atomic publication and stale-shard cleanup, another schema. Accepts Tables and
+    RecordBatches only."""
+
+    def write(self, rows) -> None:
+        if self._closed:
+            raise RuntimeError("ShardWriter already committed or aborted")
+        table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+        missing = [c for c in PAIR_SCHEMA.names if c not in table.column_names]
+        if missing:
+            raise ValueError(f"pair table lacks columns {missing}; schema is {PAIR_SCHEMA.names}")
+        self._tables.append(table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA))
+        self._buffered += table.num_rows
+        if self._buffered >= self.shard_rows:
+            self._flush(final=False)
+
+
+def write_pair_shards(
+    cfg: PairDataConfig,
+    output: str,
+    *,
+    shard_rows: int = 1000,
+    endpoint_url: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Render the pairs of ``cfg`` (epoch 0 draws, no augmentation) into Parquet shards.
+
+    Rendering runs on Ray (:func:`render_pair_dataset`); the driver gathers the encoded rows and
+    writes them with the shard machinery of :mod:`clerf_ray.data.shards`: staged, then published
+    whole, a rerun replacing the previous shards (no duplicates), ``_report.json`` beside them.
+
+    Args:
+        cfg: ``source`` ``"synthetic"`` or ``"real_anchor"``.
+        output: local folder or ``s3://bucket/prefix``.
+        shard_rows: pairs per shard.
+        endpoint_url: S3 endpoint override (default ``AWS_ENDPOINT_URL``).
+        log: progress callback taking one line of text, or None.
+
+    Returns:
+        The report written to ``_report.json``: ``counts`` (``pairs``, ``by_source``),
+        the settings that made the pairs, ``shards``, ``rows``, ``elapsed_s``.
+
+    Raises:
+        RuntimeError: the pipeline produced a different number of pairs than expected, or a
+            pair twice (nothing is published then).
+    """
+    import time
+
+    say = log or (lambda _msg: None)
+    expected = cfg.num_pairs if cfg.source == "synthetic" else None
+    ds = render_pair_dataset(cfg)
+    t0 = time.monotonic()
+    seen: set[int] = set()
+    by_source: dict[str, int] = {}
+    next_report = 0.0
+    with PairShardWriter(output, shard_rows=shard_rows, endpoint_url=endpoint_url) as writer:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            table = pair_table(batch)
+            ids = table.column("pair_id").to_pylist()
+            dup = seen.intersection(ids)
+            if dup or len(set(ids)) != len(ids):
+                raise RuntimeError(f"pair ids rendered twice: {sorted(dup)[:5]}; nothing written")
+            seen.update(ids)
+            for name in table.column("source").to_pylist():
+                by_source[name] = by_source.get(name, 0) + 1
+            writer.write(table)
+            elapsed = time.monotonic() - t0
+            if elapsed >= next_report:
+                total = f"/{expected}" if expected else ""
+                say(f"render: {len(seen)}{total} pairs, {len(seen) / max(elapsed, 1e-9):.1f}/s")
+                next_report = elapsed + 10.0
+        if expected is not None and len(seen) != expected:
+            raise RuntimeError(
+                f"rendered {len(seen)} pairs, expected data.num_pairs={expected}; nothing written"
+            )
+        elapsed = time.monotonic() - t0
+        report = {
+            "kind": "pairs",
+            "source": cfg.source,
+            "renderer": cfg.renderer,
+            "renderer_options": dict(cfg.renderer_options),
+            "poses": cfg.poses if cfg.source == "synthetic" else None,
+            "labelled_path": cfg.labelled_path if cfg.source == "real_anchor" else None,
+            "identities": list(cfg.identities),
+            "seed": cfg.seed,
+            "counts": {"pairs": len(seen), "by_source": by_source},
+            "elapsed_s": round(elapsed, 3),
+        }
+        writer.commit(report)
+    say(f"render: wrote {len(seen)} pairs to {output} in {elapsed:.1f} s")
+    return read_report(output, endpoint_url=endpoint_url)
+
+
+def read_pair_shards(path: str, *, endpoint_url: str | None = None, **read_options):
+    """Rendered pair shards (local folder or ``s3://``) as a lazy ``ray.data.Dataset`` of
+    :data:`PAIR_SCHEMA` rows. The filesystem is resolved on the driver, as
+    :func:`clerf_ray.data.schema.read_labelled` does."""
+    import ray.data
+
+    from clerf_ray.data.shards import list_shards, resolve
+
+    fs, root = resolve(path, endpoint_url=endpoint_url)
+    shards = list_shards(fs, root)
+    if not shards:
+        raise FileNotFoundError(f"data.shards_path: no part-*.parquet shards under {path!r}")
+    return ray.data.read_parquet(shards, filesystem=fs, **read_options)
 
 
 # --------------------------------------------------------------------------- labelled images
