@@ -65,8 +65,14 @@ def summarize(
         "maev": float(geometry.maev(R_pred, R_true).mean()),
         "n": int(len(err)),
     }
-    true = R_true if euler_true is None else np.asarray(euler_true, dtype=np.float64)
-    out.update({f"mae_{k}": v for k, v in geometry.mae_euler(R_pred, true).items()})
+    if euler_true is None:
+        mae = geometry.mae_euler(R_pred, R_true)
+    else:
+        # Euler triples as (N, 1, 3): an (N, 3) array with N == 3 would read as one matrix.
+        pred = np.stack(geometry.matrix_to_euler(R_pred), -1)[:, None, :]
+        true = np.asarray(euler_true, dtype=np.float64).reshape(-1, 1, 3)
+        mae = geometry.mae_euler(pred, true)
+    out.update({f"mae_{k}": v for k, v in mae.items()})
     return out
 
 

@@ -1,0 +1,272 @@
+"""Evaluation: metric values against hand computations, SA/FA variants checked through geometry,
+the AFLW2000 filter, and the whole report on a labelled Parquet set with a real sqlite MLflow
+store (no Ray needed: Parquet sets load with pyarrow)."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clerf_ray import evaluate, geometry
+
+
+def rz(deg):
+    t = math.radians(deg)
+    return np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
+
+
+def ry(deg):
+    t = math.radians(deg)
+    return np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
+
+
+def rx(deg):
+    t = math.radians(deg)
+    return np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
+
+
+# Three hand-made cases: a 9 deg roll error, a 25 deg yaw error, a 55 deg pitch error.
+R_TRUE = np.stack([np.eye(3), ry(25), rx(50)])
+R_PRED = np.stack([rz(9), np.eye(3), rx(-5)])
+
+
+def test_summarize_matches_hand_computed_values():
+    m = evaluate.summarize(R_PRED, R_TRUE)
+    # Geodesic errors 9, 25, 55 deg (single-axis rotations).
+    assert m["geodesic_mean"] == pytest.approx(89 / 3)
+    assert m["geodesic_median"] == pytest.approx(25)
+    assert m["geodesic_p90"] == pytest.approx(25 + 0.8 * 30)  # linear interpolation at rank 1.8
+    assert m["within_10"] == pytest.approx(1 / 3)
+    assert m["within_20"] == pytest.approx(1 / 3)
+    assert m["within_30"] == pytest.approx(2 / 3)
+    # A rotation by t about one axis moves the two other axes by t and leaves its own: 2t/3.
+    assert m["maev"] == pytest.approx((2 * 9 / 3 + 2 * 25 / 3 + 2 * 55 / 3) / 3)
+    assert m["mae_pitch"] == pytest.approx(55 / 3)
+    assert m["mae_yaw"] == pytest.approx(25 / 3)
+    assert m["mae_roll"] == pytest.approx(9 / 3)
+    assert m["mae_mean"] == pytest.approx(89 / 9)
+    assert m["n"] == 3
+
+
+def test_summarize_uses_dataset_euler_angles_when_given():
+    # The dataset's own angles: roll 359 deg (wrapped error against 9 deg: 10), yaw 31 (error
+    # 31 against 0), pitch 50 (error 55 against -5).
+    euler = np.radians([[0.0, 0.0, 359.0], [0.0, 31.0, 0.0], [50.0, 0.0, 0.0]])
+    m = evaluate.summarize(R_PRED, R_TRUE, euler)
+    assert m["mae_roll"] == pytest.approx(10 / 3)
+    assert m["mae_yaw"] == pytest.approx(31 / 3)
+    assert m["mae_pitch"] == pytest.approx(55 / 3)
+    assert m["geodesic_mean"] == pytest.approx(89 / 3)  # matrices unchanged
+
+
+def test_aflw_protocol_keeps_angles_within_99_degrees():
+    euler = np.array([[0, 0, 0], [99, -99, 99], [-99.5, 0, 0], [0, 120, 0], [0, 0, -150]])
+    assert evaluate.aflw_protocol_mask(euler).tolist() == [True, True, False, False, False]
+
+
+@pytest.fixture(scope="module")
+def base_set():
+    from clerf_ray.render import make_renderer
+
+    R = geometry.sample_rotations(10, seed=3)
+    images = make_renderer("procedural", image_size=32).render(np.arange(10) + 2_000_000, R)
+    return evaluate.EvalSet("renders", images, R, None, [f"r{i}" for i in range(10)])
+
+
+def _z_angle(M):
+    """Angle (deg) of M if it is a rotation about z, else None."""
+    if abs(M[2, 2] - 1) > 1e-6 or np.abs(M[2, :2]).max() > 1e-6:
+        return None
+    return math.degrees(math.atan2(M[1, 0], M[0, 0]))
+
+
+def _geo(A, B):
+    return math.degrees(math.acos(np.clip((np.trace(A.T @ B) - 1) / 2, -1, 1)))
+
+
+def test_sa_variant_rotates_each_image_and_label_together(base_set):
+    from clerf_ray.augment import rotate
+
+    v = evaluate.make_variant(base_set, "sa", seed=5)
+    assert v.euler is None and v.files == base_set.files
+    angles = []
+    for i in range(len(base_set)):
+        # An in-plane rotation by t (ccw as displayed) maps R to R Rz(-t): R^T R' is about z.
+        a = _z_angle(base_set.R[i].T @ v.R[i])
+        assert a is not None and abs(a) <= 15 + 1e-9
+        angles.append(a)
+        np.testing.assert_array_equal(v.images[i], rotate(base_set.images[i], np.eye(3), -a)[0])
+    assert len({round(a, 6) for a in angles}) == len(angles)  # one draw per image
+
+
+def test_fa_variant_labels_are_exact_transforms_that_keep_distances(base_set):
+    S = np.diag([-1.0, 1.0, 1.0])
+    v = evaluate.make_variant(base_set, "fa", seed=5)
+    rng = np.random.default_rng(0)
+    mirrored = 0
+    for i in range(len(base_set)):
+        R, Rv = base_set.R[i], v.R[i]
+        # Flips and rotations compose to R Rz(a) (no net mirror) or S R S Rz(a) (one mirror).
+        a = _z_angle(R.T @ Rv)
+        if a is not None:
+
+            def H(X, a=a):
+                return X @ rz(a)
+        else:
+            a = _z_angle((S @ R @ S).T @ Rv)
+            assert a is not None, f"sample {i}: label is not a flip/rotation of the original"
+            mirrored += 1
+
+            def H(X, a=a):
+                return S @ X @ S @ rz(a)
+
+        np.testing.assert_allclose(H(R), Rv, atol=1e-9)
+        # Theorem 3.1: the transform keeps geodesic distances between any two labels.
+        A, B = geometry.sample_rotations(2, seed=rng)
+        assert _geo(H(A), H(B)) == pytest.approx(_geo(A, B), abs=1e-6)
+        assert _geo(H(R), H(A)) == pytest.approx(_geo(R, A), abs=1e-6)
+    assert 0 < mirrored < len(base_set)  # both kinds occur among 10 draws at p = 0.5
+
+
+def test_variants_are_seeded(base_set):
+    a = evaluate.make_variant(base_set, "fa", seed=1)
+    b = evaluate.make_variant(base_set, "fa", seed=1)
+    c = evaluate.make_variant(base_set, "fa", seed=2)
+    np.testing.assert_array_equal(a.R, b.R)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.allclose(a.R, c.R)
+    assert evaluate.make_variant(base_set, "standard") is base_set
+
+
+# --------------------------------------------------------------------------- whole report
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite MLflow store with a tiny random PoseModel registered as tiny-head@candidate."""
+    import mlflow
+
+    from clerf_ray import registry
+    from clerf_ray.models import PoseModel, create_encoder, create_head
+
+    d = tmp_path_factory.mktemp("store")
+    uri = registry.setup(f"sqlite:///{d}/mlflow.db", "train")
+    enc = create_encoder(
+        backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32
+    )
+    model = PoseModel(enc, create_head(in_dim=16, hidden=(32,))).eval()
+    with mlflow.start_run() as run:
+        src = registry.log_model(model, "pose_model")
+    registry.register("tiny-head", src, run.info.run_id)
+    return uri, model
+
+
+@pytest.fixture(scope="module")
+def labelled_set(tmp_path_factory):
+    """12 renders at 48 px (the model resizes to 32), one with pitch 120 deg (outside AFLW)."""
+    from clerf_ray.data.schema import make_table
+    from clerf_ray.data.shards import write_shards
+    from clerf_ray.render import make_renderer
+
+    R = geometry.sample_rotations(
+        12, seed=7, yaw_range=(-60, 60), pitch_range=(-40, 40), roll_range=(-30, 30)
+    )
+    R[4] = geometry.euler_to_matrix(math.radians(120), 0.2, 0.1)
+    images = make_renderer("procedural", image_size=48).render(np.arange(12) + 2_000_000, R)
+    out = str(tmp_path_factory.mktemp("aflw") / "set")
+    table = make_table(
+        images, R, files=[f"img{i:02d}.png" for i in range(12)], dataset="test", image_format="png"
+    )
+    write_shards(table, out)
+    return out, images, R
+
+
+def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_set, tmp_path):
+    import mlflow
+    import torch
+
+    uri, model = store
+    path, images, R = labelled_set
+    report = evaluate.run_evaluation(
+        ["tiny-head@candidate", "tiny-head/1"],
+        path,
+        variants=["standard", "fa"],
+        aflw_protocol=True,
+        out=tmp_path / "out",
+        tracking_uri=uri,
+        experiment="eval",
+        plots=False,
+    )
+    assert [(r["model"], r["variant"]) for r in report.rows] == [
+        ("tiny-head@candidate", "standard"),
+        ("tiny-head/1", "standard"),
+        ("tiny-head@candidate", "fa"),
+        ("tiny-head/1", "fa"),
+    ]
+    assert all(r["n"] == 11 for r in report.rows)  # sample 4 (pitch 120) left out
+
+    # Expected standard metrics straight from the model on the kept images, resized by hand.
+    keep = [i for i in range(12) if i != 4]
+    small = np.stack(
+        [np.asarray(Image.fromarray(images[i]).resize((32, 32), Image.BILINEAR)) for i in keep]
+    )
+    with torch.no_grad():
+        pred = model(model.preprocess(small)).double().numpy()
+    true = R[keep].astype(np.float32).astype(np.float64)  # the set stores float32 labels
+    err = [_geo(p, t) for p, t in zip(pred, true, strict=True)]
+    row = report.rows[0]
+    assert row["geodesic_mean"] == pytest.approx(np.mean(err), abs=1e-3)
+    assert row["geodesic_median"] == pytest.approx(np.median(err), abs=1e-3)
+    assert report.rows[1]["geodesic_mean"] == row["geodesic_mean"]  # same model, two refs
+
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and float(rows[0]["geodesic_mean"]) == pytest.approx(row["geodesic_mean"])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "AFLW2000 protocol" in md and "| tiny-head/1 | fa | 11 |" in md
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(report.run_ids["tiny-head@candidate"])
+    assert run.data.tags["model_ref"] == "tiny-head@candidate"
+    assert run.data.tags["model_version"] == "1"
+    assert run.data.metrics["standard/geodesic_mean"] == pytest.approx(row["geodesic_mean"])
+    assert "fa/mae_mean" in run.data.metrics
+
+
+def test_report_plots_are_written(store, labelled_set, tmp_path):
+    uri, _ = store
+    path, _, _ = labelled_set
+    report = evaluate.run_evaluation(
+        ["tiny-head@candidate"],
+        path,
+        variants=["fa"],
+        out=tmp_path,
+        tracking_uri=uri,
+        worst_k=4,
+        turn="roll",
+        log_mlflow=False,
+    )
+    pngs = [p for p in report.files if p.suffix == ".png"]
+    assert {p.name for p in pngs} == {
+        "tiny-head_candidate_fa_error_by_angle.png",
+        "tiny-head_candidate_fa_worst.png",
+        "tiny-head_candidate_turn_embedding.png",
+    }
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.width > 200 and im.height > 200
+
+
+def test_report_errors_name_the_option(store, labelled_set, tmp_path):
+    uri, _ = store
+    path, _, _ = labelled_set
+    with pytest.raises(ValueError, match="--variants"):
+        evaluate.run_evaluation(["tiny-head@candidate"], path, variants=["xa"], tracking_uri=uri)
+    with pytest.raises(LookupError, match="nope@candidate"):
+        evaluate.run_evaluation(["nope@candidate"], path, tracking_uri=uri, out=tmp_path)
+    with pytest.raises(FileNotFoundError):
+        evaluate.run_evaluation(
+            ["tiny-head@candidate"], str(tmp_path / "missing"), tracking_uri=uri, out=tmp_path
+        )
