@@ -202,6 +202,10 @@ class _SampleSynthetic:
         }
 
 
+def _sample_synthetic(batch, cfg: PairDataConfig, epoch: int, pose_range, pool):
+    return _SampleSynthetic(cfg, epoch, pose_range, pool)(batch)
+
+
 def _two_distinct(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
     a = int(rng.integers(lo, hi))
     b = int(rng.integers(lo, hi - 1))
@@ -374,9 +378,10 @@ def _rendered(cfg: PairDataConfig, epoch: int):
             cfg.num_pairs, blocks=max(1, min(cfg.num_pairs // cfg.render_batch_size, 64))
         )
         ds = ds.map_batches(
-            _SampleSynthetic,
-            fn_constructor_args=(cfg, epoch, pose_range, pool),
-            compute=ray.data.ActorPoolStrategy(size=1),
+            _sample_synthetic,
+            # Tasks, not an actor: sampling holds no state worth keeping, and each actor costs a
+            # fresh worker process (imports included) per pipeline, where tasks reuse pooled ones.
+            fn_kwargs={"cfg": cfg, "epoch": epoch, "pose_range": pose_range, "pool": pool},
             batch_format="numpy",
             num_cpus=cfg.stage_num_cpus,
         )
