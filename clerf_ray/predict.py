@@ -292,7 +292,7 @@ def predict_ray(
     """
     import ray.data
 
-    ds = ray.data.read_binary_files(prefix, include_paths=True, ray_remote_args={"num_cpus": 0.25})
+    ds = ray.data.read_binary_files(prefix, include_paths=True, num_cpus=0.25)
     ds = ds.map_batches(
         PosePredictor,
         fn_constructor_kwargs={"model": model_files(model), "boxes": boxes, "draw": draw},
