@@ -223,6 +223,57 @@ def _predict(ns: argparse.Namespace) -> int:
         raise SystemExit(f"clerf predict: {e}") from None
 
 
+@command(
+    "coverage",
+    help="pose coverage plot (CLERF Fig. 2): the labels' axis vectors before and after augmentation",
+    args=[
+        arg("--labelled", default=None, help="labelled Parquet set (local folder or s3://)"),
+        arg("--poses", choices=("so3", "ranges"), default=None, help="a synthetic pose config"),
+        arg("--num", type=int, default=2000, help="labels drawn for --poses"),
+        arg("--yaw-range", type=float, nargs=2, default=(-90.0, 90.0), metavar=("LO", "HI")),
+        arg("--pitch-range", type=float, nargs=2, default=(-90.0, 90.0), metavar=("LO", "HI")),
+        arg("--roll-range", type=float, nargs=2, default=(-180.0, 180.0), metavar=("LO", "HI")),
+        arg("--augment", choices=("none", "sa", "fa"), default="fa", help="augmentation preset"),
+        arg(
+            "--projection", choices=("3d", "hammer"), default="3d", help="sphere or equal-area map"
+        ),
+        arg(
+            "--max-points", type=int, default=3000, help="plot a random subset of this many labels"
+        ),
+        arg("--seed", type=int, default=0),
+        arg("--out", default="coverage.png", help="output PNG path"),
+    ],
+)
+def _coverage(ns: argparse.Namespace) -> int:
+    from clerf_ray.data import coverage
+
+    if (ns.labelled is None) == (ns.poses is None):
+        raise SystemExit(
+            "clerf coverage: give exactly one of --labelled PATH or --poses so3|ranges"
+        )
+    if ns.num < 1 or ns.max_points < 1:
+        raise SystemExit("clerf coverage: --num and --max-points must be >= 1")
+    try:
+        if ns.labelled is not None:
+            R, title = coverage.labels_from_parquet(ns.labelled), ns.labelled.rstrip("/")
+        else:
+            R = coverage.labels_from_poses(
+                ns.poses,
+                ns.num,
+                ns.seed,
+                tuple(ns.yaw_range),
+                tuple(ns.pitch_range),
+                tuple(ns.roll_range),
+            )
+            title = ns.poses
+        data = coverage.coverage_data(R, ns.augment, ns.seed, ns.max_points, title=title)
+        coverage.plot_coverage(data, ns.out, projection=ns.projection)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"clerf coverage: {e}") from None
+    print(f"wrote {ns.out} ({len(data.before)} labels, augment {ns.augment}, {ns.projection})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clerf", description="CLERF head pose estimation on Ray")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
