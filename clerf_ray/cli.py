@@ -204,6 +204,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
         arg("--tracking-uri", default=None, help="MLflow tracking URI"),
         arg("--num-actors", type=int, default=1, help="Ray Data predictor actors (directories)"),
         arg("--num-cpus", type=float, default=0.5, help="CPUs per predictor actor"),
+        arg("--num-gpus", type=float, default=0.0, help="GPUs per predictor actor"),
     ],
 )
 def _predict(ns: argparse.Namespace) -> int:
@@ -218,6 +219,7 @@ def _predict(ns: argparse.Namespace) -> int:
             tracking_uri=ns.tracking_uri,
             num_actors=ns.num_actors,
             num_cpus=ns.num_cpus,
+            num_gpus=ns.num_gpus,
         )
     except (LookupError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"clerf predict: {e}") from None

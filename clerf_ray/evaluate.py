@@ -349,10 +349,12 @@ def run_evaluation(
     if not models:
         raise ValueError("--model: give at least one registered model")
     registry.setup(tracking_uri, experiment if log_mlflow else None)
+    # The first GPU when there is one: evaluation is one process, not a Ray job.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = {}
     for ref in models:
-        _log(f"loading {ref}")
-        loaded[ref] = registry.load_registered(ref)
+        _log(f"loading {ref} on {device}")
+        loaded[ref] = registry.load_registered(ref).to(device)
     image_size = max(m.encoder.image_size for m in loaded.values())
     if data == "synthetic":
         base = synthetic_set(

@@ -170,6 +170,7 @@ class PosePredictor:
         boxes: face boxes by file (:func:`read_boxes`); None: inputs are face crops.
         draw: also return the annotated images.
         torch_threads: intra-op threads (actors: one per reserved CPU); None leaves torch's.
+        use_gpu: move the model to the GPU Ray gave this actor (``num_gpus`` > 0).
     """
 
     def __init__(
@@ -178,12 +179,15 @@ class PosePredictor:
         boxes: dict[str, tuple[int, int, int, int]] | None = None,
         draw: bool = False,
         torch_threads: int | None = 1,
+        use_gpu: bool = False,
     ):
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = model_from_files(model) if isinstance(model, dict) else model
+        if use_gpu:
+            self.model = self.model.to("cuda")
         self.boxes = boxes or {}
         self.draw = draw
 
@@ -295,7 +299,12 @@ def predict_ray(
     ds = ray.data.read_binary_files(prefix, include_paths=True, num_cpus=0.25)
     ds = ds.map_batches(
         PosePredictor,
-        fn_constructor_kwargs={"model": model_files(model), "boxes": boxes, "draw": draw},
+        fn_constructor_kwargs={
+            "model": model_files(model),
+            "boxes": boxes,
+            "draw": draw,
+            "use_gpu": num_gpus > 0,
+        },
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         batch_size=batch_size,
         batch_format="numpy",
@@ -326,6 +335,7 @@ def run_predict(
     tracking_uri: str | None = None,
     num_actors: int = 1,
     num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
     stdout=None,
     stderr=None,
 ) -> int:
@@ -356,7 +366,13 @@ def run_predict(
         init_ray()
         for prefix in prefixes:
             results += predict_ray(
-                model, prefix, boxes, bool(out), num_actors=num_actors, num_cpus=num_cpus
+                model,
+                prefix,
+                boxes,
+                bool(out),
+                num_actors=num_actors,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
             )
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

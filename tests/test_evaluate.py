@@ -4,6 +4,7 @@ store (no Ray needed: Parquet sets load with pyarrow)."""
 
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -143,6 +144,29 @@ def test_variants_are_seeded(base_set):
 # --------------------------------------------------------------------------- whole report
 
 
+def _fresh_store(d):
+    """A sqlite store in ``d`` with its artifacts there too (not ./mlruns), made current.
+
+    ``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI, which ``registry.setup`` then takes
+    for a user's choice and keeps: drop it so this store's registry is the one used.
+    """
+    import mlflow
+
+    from clerf_ray import registry
+
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    uri = registry.setup(f"sqlite:///{d}/mlflow.db")
+    for name in ("train", "eval", "clerf-eval"):
+        mlflow.create_experiment(name, artifact_location=f"file://{d}/artifacts/{name}")
+    mlflow.set_experiment("train")
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _registry_follows_setup(monkeypatch):
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite MLflow store with a tiny random PoseModel registered as tiny-head@candidate."""
@@ -152,7 +176,7 @@ def store(tmp_path_factory):
     from clerf_ray.models import PoseModel, create_encoder, create_head
 
     d = tmp_path_factory.mktemp("store")
-    uri = registry.setup(f"sqlite:///{d}/mlflow.db", "train")
+    uri = _fresh_store(d)
     enc = create_encoder(
         backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32
     )

@@ -8,6 +8,7 @@ make here)."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,29 @@ from clerf_ray.predict import read_boxes
 REF = "tiny-head@candidate"
 
 
+def _fresh_store(d):
+    """A sqlite store in ``d`` with its artifacts there too (not ./mlruns), made current.
+
+    ``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI, which ``registry.setup`` then takes
+    for a user's choice and keeps: drop it so this store's registry is the one used.
+    """
+    import mlflow
+
+    from clerf_ray import registry
+
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    uri = registry.setup(f"sqlite:///{d}/mlflow.db")
+    for name in ("train", "eval", "clerf-eval"):
+        mlflow.create_experiment(name, artifact_location=f"file://{d}/artifacts/{name}")
+    mlflow.set_experiment("train")
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _registry_follows_setup(monkeypatch):
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     import mlflow
@@ -31,7 +55,7 @@ def store(tmp_path_factory):
     from clerf_ray.models import PoseModel, create_encoder, create_head
 
     d = tmp_path_factory.mktemp("store")
-    uri = registry.setup(f"sqlite:///{d}/mlflow.db", "train")
+    uri = _fresh_store(d)
     torch.manual_seed(0)
     enc = create_encoder(
         backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32

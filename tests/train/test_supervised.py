@@ -40,8 +40,17 @@ def test_baseline_model_regresses_end_to_end():
     assert sum(float(g.abs().sum()) for g in grads) > 0  # the backbone learns, unlike CLERF's head
 
 
-def test_tiny_baseline_run_registers_a_candidate(ray_cluster, tmp_path):
+def test_tiny_baseline_run_registers_a_candidate(ray_cluster, tmp_path, monkeypatch):
+    import mlflow
+
     from clerf_ray import registry
+
+    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI, which registry.setup then keeps: an
+    # earlier test's store would receive the registration.
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    registry.setup(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.create_experiment("clerf", artifact_location=f"file://{tmp_path}/artifacts")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
     cfg = load_config(
         None,
