@@ -86,8 +86,10 @@ def decode(data: bytes, file: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{file}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file}: not a readable image ({e})") from None
 
 
 def crop(image: np.ndarray, box, file: str) -> np.ndarray:
