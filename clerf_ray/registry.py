@@ -30,7 +30,24 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment in the store ``uri`` keeps its artifacts: ``mlartifacts/`` next to
+    a local sqlite file, None (the server's choice) for any other store.
+
+    MLflow's own default for a sqlite store is ``./mlruns`` relative to the current directory; a
+    job run by ``ray job submit`` works in a temporary copy of its working directory, so its
+    models would vanish with the cluster while the registry kept pointing at them.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).parent / "mlartifacts").as_uri()
+
+
 def setup(configured: str | None = None, experiment: str | None = None) -> str:
+    """Point MLflow (tracking and registry) at :func:`tracking_uri` and, when given, make
+    ``experiment`` the active experiment (created with :func:`artifact_location`). Returns the
+    tracking URI."""
     import mlflow
 
     uri = tracking_uri(configured)
@@ -39,6 +56,13 @@ def setup(configured: str | None = None, experiment: str | None = None) -> str:
     if not os.environ.get("MLFLOW_REGISTRY_URI"):
         mlflow.set_registry_uri(uri)
     if experiment:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+            except MlflowException:
+                pass  # created meanwhile by another process
         mlflow.set_experiment(experiment)
     return uri
 

@@ -120,6 +120,19 @@ def test_missing_model_version_or_alias_raises_lookup_error_naming_ref(store):
         registry.promote("clerf-head", 9)
 
 
+def test_artifacts_live_next_to_the_sqlite_store_not_in_the_cwd(store, tmp_path, monkeypatch):
+    # A job under `ray job submit` runs in a temporary copy of its working directory: artifacts
+    # written relative to the cwd would vanish with it.
+    elsewhere = tmp_path / "job-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _log_and_register(seed=0)
+    mv = registry.model_version("clerf-head@candidate")
+    assert mv.source.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not any(elsewhere.iterdir())
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
 def test_tracking_uri_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
