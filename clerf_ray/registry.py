@@ -19,6 +19,9 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+# The registry URI that setup() last exported (MLflow writes it to MLFLOW_REGISTRY_URI).
+_exported_registry_uri: str | None = None
+
 
 def tracking_uri(configured: str | None = None) -> str:
     """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the
@@ -50,11 +53,16 @@ def setup(configured: str | None = None, experiment: str | None = None) -> str:
     tracking URI."""
     import mlflow
 
+    global _exported_registry_uri
+
     uri = tracking_uri(configured)
     mlflow.set_tracking_uri(uri)
-    # The registry lives in the same store unless the user says otherwise.
-    if not os.environ.get("MLFLOW_REGISTRY_URI"):
+    # The registry lives in the same store unless the user says otherwise. MLflow exports
+    # MLFLOW_REGISTRY_URI itself when we set it, so only a value we did not set is the user's.
+    user_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+    if not user_registry or user_registry == _exported_registry_uri:
         mlflow.set_registry_uri(uri)
+        _exported_registry_uri = uri
     if experiment:
         if mlflow.get_experiment_by_name(experiment) is None:
             from mlflow.exceptions import MlflowException

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         return 2
     try:
         result = train_head_on(args.encoder, cfg)
-    except (LookupError, TypeError) as e:
+    except LookupError as e:
         print(f"error: --encoder: {e}", file=sys.stderr)
         return 2
     print(summary_table(result))

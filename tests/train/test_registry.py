@@ -3,6 +3,7 @@ promote, lookup errors, and the ``clerf promote`` command."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -131,6 +132,27 @@ def test_artifacts_live_next_to_the_sqlite_store_not_in_the_cwd(store, tmp_path,
     assert mv.source.startswith((tmp_path / "mlartifacts").as_uri())
     assert not any(elsewhere.iterdir())
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_setup_twice_moves_the_registry_too(tmp_path, monkeypatch):
+    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI; a second setup() in the same process
+    # must not mistake that for a user setting and keep registering into the first store.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        first = registry.setup(f"sqlite:///{tmp_path}/a.db")
+        assert os.environ.get("MLFLOW_REGISTRY_URI") == first  # MLflow's own export
+        second = registry.setup(f"sqlite:///{tmp_path}/b.db")
+        assert mlflow.get_registry_uri() == second
+        # A registry the user chose stays (setup would have overwritten the variable).
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/user.db")
+        registry.setup(f"sqlite:///{tmp_path}/c.db")
+        assert os.environ["MLFLOW_REGISTRY_URI"] == f"sqlite:///{tmp_path}/user.db"
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 def test_tracking_uri_resolution(tmp_path, monkeypatch):
