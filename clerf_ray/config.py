@@ -27,7 +27,7 @@ class DataSection(_Section):
     renderer: str = "procedural"
     renderer_options: dict[str, Any] = Field(default_factory=dict)
     image_size: int = Field(64, ge=16, le=1024)
-    num_pairs: int = Field(4096, gt=0, description="pairs per epoch (synthetic)")
+    num_pairs: int = Field(6144, gt=0, description="pairs per epoch (synthetic)")
     poses: str = "so3"
     yaw_range: tuple[float, float] = (-90.0, 90.0)
     pitch_range: tuple[float, float] = (-90.0, 90.0)
@@ -93,9 +93,12 @@ class OptimSection(_Section):
     num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(
-        None,
+        2,
         ge=1,
-        description="intra-op threads per worker; None: Ray's choice (one per reserved CPU)",
+        description=(
+            "intra-op threads per worker; 2 suits the laptop default, where the renderer leaves "
+            "spare cycles; None: Ray's choice (one per reserved CPU)"
+        ),
     )
     use_gpu: bool | Literal["auto"] = "auto"
     amp: bool = Field(True, description="mixed precision (GPU only)")
@@ -108,6 +111,13 @@ class OptimSection(_Section):
 class PretrainSection(OptimSection):
     """Contrastive pretraining with Circle Loss."""
 
+    time_limit_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="stop after the epoch that crosses this wall time (keeps the laptop default "
+        "within 15 minutes on slower machines); None: no limit",
+    )
+
     m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")
     gamma: float = Field(64.0, gt=0, description="Circle Loss scale")
     negative_margin_deg: float = Field(
@@ -118,9 +128,11 @@ class PretrainSection(OptimSection):
 class HeadSection(OptimSection):
     """Pose head on the frozen encoder, geodesic loss."""
 
-    num_samples: int = Field(8192, gt=0, description="labelled renders per epoch (synthetic)")
+    epochs: int = Field(2, gt=0)
+    num_samples: int = Field(12288, gt=0, description="labelled renders per epoch (synthetic)")
     labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
     lr: float = Field(2e-3, gt=0)
+    time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")
 
 
 class EvalSection(_Section):
@@ -147,7 +159,9 @@ class Config(_Section):
 
     seed: int = 0
     run_name: str | None = None
-    storage_path: str = Field("runs", description="Ray Train checkpoints: local dir or s3://")
+    storage_path: str = Field(
+        "runs", validate_default=True, description="Ray Train checkpoints: local dir or s3://"
+    )
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     pretrain: PretrainSection = Field(default_factory=PretrainSection)

@@ -61,7 +61,7 @@ def _git_sha() -> str | None:
         return None
 
 
-def _log_history(stage: str, history: list[dict[str, Any]]) -> None:
+def log_history(stage: str, history: list[dict[str, Any]]) -> None:
     import mlflow
 
     step = 0
@@ -122,7 +122,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
             name=f"{name}-pretrain",
         )
         timings["pretrain_s"] = time.monotonic() - t0
-        _log_history("pretrain", pre.history)
+        log_history("pretrain", pre.history)
         encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
         encoder.load_state_dict(pre.state["model"])
 
@@ -147,7 +147,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
             name=f"{name}-head",
         )
         timings["head_s"] = time.monotonic() - t0
-        _log_history("head", head.history)
+        log_history("head", head.history)
         pose_head = create_head(cfg.model)
         pose_head.load_state_dict(head.state["model"])
         model = PoseModel(encoder, pose_head, freeze_encoder=True).eval()

@@ -28,11 +28,6 @@ def test_relative_storage_path_is_made_absolute(tmp_path, monkeypatch):
     assert load_config(None, ["storage_path=s3://b/runs"]).storage_path == "s3://b/runs"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py: the storage_path validator does not run on the default "
-    "(needs Field(..., validate_default=True)); remove this mark once fixed",
-)
 def test_default_storage_path_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config().storage_path == str(tmp_path / "runs")

@@ -77,7 +77,7 @@ def train_head_on(encoder_ref: str, cfg: Config) -> HeadOnEncoderResult:
     from clerf_ray.data.pairs import build_labelled_image_dataset
     from clerf_ray.evaluate import evaluate_model, heldout_renders
     from clerf_ray.models import Encoder, PoseModel, create_head
-    from clerf_ray.recipe import _log_history, init_ray, log
+    from clerf_ray.recipe import init_ray, log, log_history
     from clerf_ray.train.head import head_loop
     from clerf_ray.train.runner import epoch_datasets, run_stage
 
@@ -124,7 +124,7 @@ def train_head_on(encoder_ref: str, cfg: Config) -> HeadOnEncoderResult:
             name=f"{name}-head",
         )
         timings["head_s"] = time.monotonic() - t0
-        _log_history("head", stage.history)
+        log_history("head", stage.history)
         head = create_head(cfg.model)
         head.load_state_dict(stage.state["model"])
         model = PoseModel(encoder, head, freeze_encoder=True).eval()
