@@ -75,15 +75,76 @@ def log_history(stage: str, history: list[dict[str, Any]]) -> None:
         )
 
 
+def log_run_config(cfg: Config) -> None:
+    """Log the resolved config as MLflow parameters and ``config.yaml``, plus the git SHA."""
+    import mlflow
+
+    mlflow.log_params(
+        {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
+    )
+    sha = _git_sha()
+    if sha:
+        mlflow.set_tag("git_sha", sha)
+    with tempfile.TemporaryDirectory() as d:
+        dump_config(cfg, Path(d) / "config.yaml")
+        mlflow.log_artifact(str(Path(d) / "config.yaml"))
+
+
+def train_head_stage(cfg: Config, encoder, name: str):
+    """Fit the pose head on the frozen ``encoder`` (Ray Train) and log its history.
+
+    Returns:
+        ``(PoseModel, StageResult)``.
+    """
+    from clerf_ray.data.pairs import build_labelled_image_dataset
+    from clerf_ray.models import PoseModel, create_head
+    from clerf_ray.train.head import head_loop
+    from clerf_ray.train.runner import epoch_datasets, run_stage
+
+    head_data = cfg.data.pair_config(seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2))
+    log(f"training the pose head for {cfg.head.epochs} epochs on the frozen encoder")
+    stage = run_stage(
+        stage="head",
+        loop=head_loop,
+        loop_config={"cfg": cfg.model_dump(mode="json"), "encoder_state": encoder.state_dict()},
+        section=cfg.head,
+        datasets=epoch_datasets(
+            build_labelled_image_dataset,
+            cfg.head.epochs,
+            cfg=head_data,
+            labelled_path=cfg.head.labelled_path,
+        ),
+        storage_path=cfg.storage_path,
+        name=f"{name}-head",
+    )
+    log_history("head", stage.history)
+    head = create_head(cfg.model)
+    head.load_state_dict(stage.state["model"])
+    return PoseModel(encoder, head, freeze_encoder=True).eval(), stage
+
+
+def evaluate_heldout(cfg: Config, model) -> dict[str, float]:
+    """Evaluate on renders of held-out identities over all of SO(3); log to MLflow."""
+    import mlflow
+
+    from clerf_ray.evaluate import evaluate_model, heldout_renders
+
+    eval_data = cfg.data.pair_config(
+        seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
+    )
+    images, R = heldout_renders(eval_data, cfg.eval.num_samples)
+    metrics = evaluate_model(model, images, R)
+    mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
+    return metrics
+
+
 def run_recipe(cfg: Config) -> RecipeResult:
     """Run everything in ``cfg`` and return where the results are."""
     import mlflow
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_labelled_image_dataset, build_pair_dataset
-    from clerf_ray.evaluate import evaluate_model, heldout_renders
-    from clerf_ray.models import PoseModel, create_encoder, create_head
-    from clerf_ray.train.head import head_loop
+    from clerf_ray.data.pairs import build_pair_dataset
+    from clerf_ray.models import create_encoder
     from clerf_ray.train.pretrain import pretrain_loop
     from clerf_ray.train.runner import epoch_datasets, run_stage
 
@@ -96,15 +157,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
     cfg_dict = cfg.model_dump(mode="json")
 
     with mlflow.start_run(run_name=name) as run:
-        mlflow.log_params(
-            {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
-        )
-        sha = _git_sha()
-        if sha:
-            mlflow.set_tag("git_sha", sha)
-        with tempfile.TemporaryDirectory() as d:
-            dump_config(cfg, Path(d) / "config.yaml")
-            mlflow.log_artifact(str(Path(d) / "config.yaml"))
+        log_run_config(cfg)
 
         # Stage 1: contrastive pretraining on pairs.
         t0 = time.monotonic()
@@ -128,39 +181,13 @@ def run_recipe(cfg: Config) -> RecipeResult:
 
         # Stage 2: the pose head on the frozen encoder.
         t0 = time.monotonic()
-        head_cfg = cfg.data.pair_config(
-            seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2)
-        )
-        log(f"training the pose head for {cfg.head.epochs} epochs on the frozen encoder")
-        head = run_stage(
-            stage="head",
-            loop=head_loop,
-            loop_config={"cfg": cfg_dict, "encoder_state": pre.state["model"]},
-            section=cfg.head,
-            datasets=epoch_datasets(
-                build_labelled_image_dataset,
-                cfg.head.epochs,
-                cfg=head_cfg,
-                labelled_path=cfg.head.labelled_path,
-            ),
-            storage_path=cfg.storage_path,
-            name=f"{name}-head",
-        )
+        model, head = train_head_stage(cfg, encoder, name)
         timings["head_s"] = time.monotonic() - t0
-        log_history("head", head.history)
-        pose_head = create_head(cfg.model)
-        pose_head.load_state_dict(head.state["model"])
-        model = PoseModel(encoder, pose_head, freeze_encoder=True).eval()
 
         # Quick evaluation on identities never seen in training, over all of SO(3).
         t0 = time.monotonic()
-        eval_cfg = cfg.data.pair_config(
-            seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
-        )
-        images, R = heldout_renders(eval_cfg, cfg.eval.num_samples)
-        metrics = evaluate_model(model, images, R)
+        metrics = evaluate_heldout(cfg, model)
         timings["eval_s"] = time.monotonic() - t0
-        mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
 
         # Registration.
         enc_uri = registry.log_model(encoder, "encoder")

@@ -9,14 +9,11 @@ the encoder version it was trained on.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from clerf_ray.config import Config, dump_config
+from clerf_ray.config import Config
 
 
 @dataclass
@@ -74,12 +71,8 @@ def train_head_on(encoder_ref: str, cfg: Config) -> HeadOnEncoderResult:
     import mlflow
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_labelled_image_dataset
-    from clerf_ray.evaluate import evaluate_model, heldout_renders
-    from clerf_ray.models import Encoder, PoseModel, create_head
-    from clerf_ray.recipe import init_ray, log, log_history
-    from clerf_ray.train.head import head_loop
-    from clerf_ray.train.runner import epoch_datasets, run_stage
+    from clerf_ray.models import Encoder
+    from clerf_ray.recipe import evaluate_heldout, init_ray, log, log_run_config, train_head_stage
 
     t_start = time.monotonic()
     uri = registry.setup(cfg.tracking.tracking_uri, cfg.tracking.experiment)
@@ -97,46 +90,16 @@ def train_head_on(encoder_ref: str, cfg: Config) -> HeadOnEncoderResult:
     timings: dict[str, float] = {}
 
     with mlflow.start_run(run_name=name) as run:
-        mlflow.log_params(
-            {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
-        )
+        log_run_config(cfg)
         mlflow.set_tags({"encoder_name": mv.name, "encoder_version": str(mv.version)})
-        with tempfile.TemporaryDirectory() as d:
-            dump_config(cfg, Path(d) / "config.yaml")
-            mlflow.log_artifact(str(Path(d) / "config.yaml"))
 
         t0 = time.monotonic()
-        head_data = cfg.data.pair_config(
-            seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2)
-        )
-        stage = run_stage(
-            stage="head",
-            loop=head_loop,
-            loop_config={"cfg": cfg.model_dump(mode="json"), "encoder_state": encoder.state_dict()},
-            section=cfg.head,
-            datasets=epoch_datasets(
-                build_labelled_image_dataset,
-                cfg.head.epochs,
-                cfg=head_data,
-                labelled_path=cfg.head.labelled_path,
-            ),
-            storage_path=cfg.storage_path,
-            name=f"{name}-head",
-        )
+        model, stage = train_head_stage(cfg, encoder, name)
         timings["head_s"] = time.monotonic() - t0
-        log_history("head", stage.history)
-        head = create_head(cfg.model)
-        head.load_state_dict(stage.state["model"])
-        model = PoseModel(encoder, head, freeze_encoder=True).eval()
 
         t0 = time.monotonic()
-        eval_data = cfg.data.pair_config(
-            seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
-        )
-        images, R = heldout_renders(eval_data, cfg.eval.num_samples)
-        metrics = evaluate_model(model, images, R)
+        metrics = evaluate_heldout(cfg, model)
         timings["eval_s"] = time.monotonic() - t0
-        mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
 
         head_uri = registry.log_model(model, "pose_model")
         version = None
