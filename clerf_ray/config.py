@@ -44,29 +44,11 @@ class DataSection(_Section):
     stage_num_cpus: float = Field(0.25, ge=0)
 
     def pair_config(self, seed: int, **changes) -> PairDataConfig:
-        options = {"image_size": self.image_size, **self.renderer_options}
-        kw = dict(
-            source=self.source,
-            renderer=self.renderer,
-            renderer_options=options,
-            num_pairs=self.num_pairs,
-            poses=self.poses,
-            yaw_range=self.yaw_range,
-            pitch_range=self.pitch_range,
-            roll_range=self.roll_range,
-            labelled_path=self.labelled_path,
-            shards_path=self.shards_path,
-            identities=self.train_identities,
-            augment=self.augment,
-            seed=seed,
-            render_batch_size=self.render_batch_size,
-            num_render_actors=self.num_render_actors,
-            render_num_cpus=self.render_num_cpus,
-            render_num_gpus=self.render_num_gpus,
-            render_resources=self.render_resources,
-            stage_num_cpus=self.stage_num_cpus,
-        )
-        kw.update(changes)
+        """The stream config of this section (``image_size`` goes into the renderer options,
+        ``train_identities`` becomes ``identities``), with ``changes`` applied."""
+        kw = self.model_dump(exclude={"image_size", "train_identities"})
+        kw["renderer_options"] = {"image_size": self.image_size, **self.renderer_options}
+        kw.update(identities=self.train_identities, seed=seed, **changes)
         return PairDataConfig(**kw)
 
 
