@@ -48,7 +48,8 @@ class DataSection(_Section):
         ``train_identities`` becomes ``identities``), with ``changes`` applied."""
         kw = self.model_dump(exclude={"image_size", "train_identities"})
         kw["renderer_options"] = {"image_size": self.image_size, **self.renderer_options}
-        kw.update(identities=self.train_identities, seed=seed, **changes)
+        kw.update(identities=self.train_identities, seed=seed)
+        kw.update(changes)
         return PairDataConfig(**kw)
 
 

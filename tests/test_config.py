@@ -114,3 +114,16 @@ def test_dumped_config_loads_back_equal(tmp_path):
     )
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_pair_config_maps_section_fields_and_applies_changes():
+    cfg = load_config(None, ["data.image_size=48", "data.train_identities=[10,20]"])
+    pc = cfg.data.pair_config(seed=7)
+    assert pc.identities == (10, 20)
+    assert pc.renderer_options["image_size"] == 48
+    assert pc.seed == 7
+    # changes win over the section's own fields, identities included (held-out evaluation)
+    held = cfg.data.pair_config(seed=8, identities=(2_000_000, 2_000_100), augment="none")
+    assert held.identities == (2_000_000, 2_000_100)
+    assert held.augment == "none"
+    assert held.num_pairs == cfg.data.num_pairs
