@@ -28,6 +28,11 @@ class DataSection(_Section):
     renderer_options: dict[str, Any] = Field(default_factory=dict)
     image_size: int = Field(64, ge=16, le=1024)
     num_pairs: int = Field(6144, gt=0, description="pairs per epoch (synthetic)")
+    pool: bool = Field(
+        False,
+        description="render num_pairs pairs once and reuse them every epoch with fresh "
+        "augmentation (in memory, like source=shards on disk); False: new renders every epoch",
+    )
     poses: str = "so3"
     yaw_range: tuple[float, float] = (-90.0, 90.0)
     pitch_range: tuple[float, float] = (-90.0, 90.0)
@@ -46,7 +51,7 @@ class DataSection(_Section):
     def pair_config(self, seed: int, **changes) -> PairDataConfig:
         """The stream config of this section (``image_size`` goes into the renderer options,
         ``train_identities`` becomes ``identities``), with ``changes`` applied."""
-        kw = self.model_dump(exclude={"image_size", "train_identities"})
+        kw = self.model_dump(exclude={"image_size", "train_identities", "pool"})
         kw["renderer_options"] = {"image_size": self.image_size, **self.renderer_options}
         kw.update(identities=self.train_identities, seed=seed)
         kw.update(changes)
@@ -109,10 +114,16 @@ class PretrainSection(OptimSection):
 
 
 class HeadSection(OptimSection):
-    """Pose head on the frozen encoder, geodesic loss."""
+    """Pose head on the frozen encoder, geodesic loss, trained on cached embeddings (each image
+    is embedded once; ``clerf_ray.train.head``)."""
 
-    epochs: int = Field(2, gt=0)
-    num_samples: int = Field(12288, gt=0, description="labelled renders per epoch (synthetic)")
+    epochs: int = Field(4, gt=0, description="checkpoint and report every epoch")
+    passes: int = Field(12, gt=0, description="passes over the cached embeddings per epoch")
+    batch_size: int = Field(256, gt=1, description="global batch (embeddings)")
+    shuffle_buffer: int | None = Field(
+        4096, gt=0, description="local shuffle buffer of each pass (rows); None: no shuffle"
+    )
+    num_samples: int = Field(16384, gt=0, description="labelled renders, embedded once")
     labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
     lr: float = Field(2e-3, gt=0)
     time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")

@@ -340,11 +340,12 @@ class Encoder(nn.Module):
         Resized (bilinear, antialiased) to ``image_size`` S when H or W differ from it; returned
         on the encoder's device as float32.
         """
-        x = (
-            torch.from_numpy(np.ascontiguousarray(images))
-            if isinstance(images, np.ndarray)
-            else images
-        )
+        if isinstance(images, np.ndarray):
+            images = np.ascontiguousarray(images)
+            # Ray hands out read-only arrays; torch wants writable memory behind a tensor.
+            x = torch.from_numpy(images if images.flags.writeable else images.copy())
+        else:
+            x = images
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"images must be a numpy array or torch tensor, got {type(images)}")
         if x.dtype != torch.uint8:

@@ -63,16 +63,22 @@ def _git_sha() -> str | None:
 
 def log_history(stage: str, history: list[dict[str, Any]]) -> None:
     import mlflow
+    from mlflow.entities import Metric
 
-    step = 0
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{stage}/step_loss", float(loss), now, step)
+        for step, loss in enumerate((x for h in history for x in h.get("step_losses", [])), 1)
+    ]
     for h in history:
-        for loss in h.get("step_losses", []):
-            step += 1
-            mlflow.log_metric(f"{stage}/step_loss", loss, step=step)
-        mlflow.log_metrics(
-            {f"{stage}/{k}": float(h[k]) for k in ("loss", "lr", "samples_per_s", "elapsed_s")},
-            step=int(h["epoch"]),
-        )
+        metrics += [
+            Metric(f"{stage}/{k}", float(h[k]), now, int(h["epoch"]))
+            for k in ("loss", "lr", "samples_per_s", "elapsed_s")
+        ]
+    # One request per 1000 values (MLflow's batch limit) instead of one per step.
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def log_run_config(cfg: Config) -> None:
@@ -93,27 +99,36 @@ def log_run_config(cfg: Config) -> None:
 def train_head_stage(cfg: Config, encoder, name: str):
     """Fit the pose head on the frozen ``encoder`` (Ray Train) and log its history.
 
+    The labelled images are embedded once by encoder actors (Ray Data); the head trains on the
+    cached embeddings (``clerf_ray.train.head``).
+
     Returns:
         ``(PoseModel, StageResult)``.
     """
-    from clerf_ray.data.pairs import build_labelled_image_dataset
     from clerf_ray.models import PoseModel, create_head
-    from clerf_ray.train.head import head_loop
-    from clerf_ray.train.runner import epoch_datasets, run_stage
+    from clerf_ray.train.head import build_head_embeddings, head_loop
+    from clerf_ray.train.runner import run_stage
 
-    head_data = cfg.data.pair_config(seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2))
-    log(f"training the pose head for {cfg.head.epochs} epochs on the frozen encoder")
+    source = cfg.head.labelled_path or f"{cfg.head.num_samples} renders"
+    log(f"embedding the head's labelled images ({source}) with the frozen encoder")
+    t0 = time.monotonic()
+    embeddings = build_head_embeddings(cfg, encoder.state_dict())
+    n = embeddings.count()
+    log(f"embedded {n} images in {time.monotonic() - t0:.0f}s")
+    log(
+        f"training the pose head for {cfg.head.epochs} epochs of {cfg.head.passes} passes "
+        "on the cached embeddings"
+    )
     stage = run_stage(
         stage="head",
         loop=head_loop,
-        loop_config={"cfg": cfg.model_dump(mode="json"), "encoder_state": encoder.state_dict()},
+        loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
         section=cfg.head,
-        datasets=epoch_datasets(
-            build_labelled_image_dataset,
-            cfg.head.epochs,
-            cfg=head_data,
-            labelled_path=cfg.head.labelled_path,
-        ),
+        # One materialised dataset; each epoch reads its blocks in a new order.
+        datasets={
+            f"epoch_{e}": embeddings.randomize_block_order(seed=cfg.seed + e)
+            for e in range(cfg.head.epochs)
+        },
         storage_path=cfg.storage_path,
         name=f"{name}-head",
     )
@@ -136,6 +151,22 @@ def evaluate_heldout(cfg: Config, model) -> dict[str, float]:
     metrics = evaluate_model(model, images, R)
     mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
     return metrics
+
+
+def pretrain_pool(cfg: Config, pair_cfg):
+    """With ``data.pool``, render the epoch's pairs once (Ray Data, materialised) for every
+    epoch to reuse with fresh augmentation; else None (new renders every epoch)."""
+    from clerf_ray.data.pairs import render_pool
+
+    if not cfg.data.pool or cfg.data.source == "shards":
+        return None
+    t0 = time.monotonic()
+    log(
+        f"rendering a pool of {cfg.data.num_pairs} pairs, reused every epoch with new augmentations"
+    )
+    pool = render_pool(pair_cfg)
+    log(f"rendered {pool.count()} pairs in {time.monotonic() - t0:.0f}s")
+    return pool
 
 
 def run_recipe(cfg: Config) -> RecipeResult:
@@ -162,15 +193,19 @@ def run_recipe(cfg: Config) -> RecipeResult:
         # Stage 1: contrastive pretraining on pairs.
         t0 = time.monotonic()
         pair_cfg = cfg.data.pair_config(seed=cfg.seed)
+        pool = pretrain_pool(cfg, pair_cfg)
         log(
-            f"pretraining {cfg.model.backbone} for {cfg.pretrain.epochs} epochs of {cfg.data.num_pairs} pairs"
+            f"pretraining {cfg.model.backbone} for {cfg.pretrain.epochs} epochs of "
+            f"{cfg.data.num_pairs} pairs"
         )
         pre = run_stage(
             stage="pretrain",
             loop=pretrain_loop,
             loop_config={"cfg": cfg_dict},
             section=cfg.pretrain,
-            datasets=epoch_datasets(build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg),
+            datasets=epoch_datasets(
+                build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg, pool=pool
+            ),
             storage_path=cfg.storage_path,
             name=f"{name}-pretrain",
         )

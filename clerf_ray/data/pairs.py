@@ -404,9 +404,25 @@ def _rendered(cfg: PairDataConfig, epoch: int):
     )
 
 
-def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0):
-    """The pretraining pairs of one epoch as a lazy ``ray.data.Dataset`` (module docstring)."""
-    return _rendered(cfg, epoch).map_batches(
+def render_pool(cfg: PairDataConfig):
+    """Render the pairs of ``cfg`` once (epoch 0 draws, before augmentation) and keep them in
+    Ray's object store: a ``MaterializedDataset`` to pass to :func:`build_pair_dataset` as
+    ``pool``. The in-memory counterpart of ``source="shards"``: render cost is paid once, and
+    every epoch still draws fresh augmentations (new labels over all of SO(3))."""
+    return _rendered(cfg, epoch=0).materialize()
+
+
+def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0, pool=None):
+    """The pretraining pairs of one epoch as a lazy ``ray.data.Dataset`` (module docstring).
+
+    With ``pool`` (from :func:`render_pool`) the epoch is one pass over the pooled pairs, in a
+    new block order, with this epoch's augmentation draws.
+    """
+    if pool is not None:
+        rendered = pool.randomize_block_order(seed=cfg.seed + 7919 * (epoch + 1))
+    else:
+        rendered = _rendered(cfg, epoch)
+    return rendered.map_batches(
         _augment_batch,
         fn_kwargs={"preset": cfg.augment, "seed": cfg.seed, "epoch": epoch},
         batch_format="numpy",

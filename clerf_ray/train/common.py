@@ -128,6 +128,8 @@ def fit(
     loss_step,
     trainable: torch.nn.Module | None = None,
     dataset_prefix: str = "epoch_",
+    passes: int = 1,
+    shuffle_buffer: int | None = None,
 ) -> dict[str, Any]:
     """The epoch loop shared by both stages, inside a Ray Train worker.
 
@@ -135,6 +137,8 @@ def fit(
     ``loss_step(batch) -> (loss, n_samples)``; stops cleanly on a non-finite loss (every rank,
     no retry, last good checkpoint kept); reports metrics and a checkpoint every epoch; honours
     ``section.time_limit_s``. ``trainable`` (default ``model``) is what is checkpointed.
+    An epoch makes ``passes`` passes over its shard (``steps`` counts the steps of all passes);
+    ``shuffle_buffer`` rows are shuffled locally as batches are drawn (None: stream order).
 
     Returns:
         ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
@@ -182,9 +186,7 @@ def fit(
         shard = ray.train.get_dataset_shard(f"{dataset_prefix}{epoch}")
         step_losses: list[float] = []
         seen = 0
-        batches = shard.iter_torch_batches(
-            batch_size=per_worker, drop_last=True, collate_fn=numeric_tensors
-        )
+        batches = _passes(shard, passes, per_worker, shuffle_buffer)
         for step, batch in enumerate(batches, start=1):
             with autocast(device, amp):
                 loss, n = loss_step(batch)
@@ -258,6 +260,18 @@ def fit(
         "history": history,
         "param_checksum": parameter_checksum(trainable),
     }
+
+
+def _passes(shard, passes: int, per_worker: int, shuffle_buffer: int | None):
+    # Iterating a Ray Train shard again is a new pass over it (the supported multi-epoch
+    # pattern); every rank makes the same number of passes, as streaming splits require.
+    for _ in range(passes):
+        yield from shard.iter_torch_batches(
+            batch_size=per_worker,
+            drop_last=True,
+            collate_fn=numeric_tensors,
+            local_shuffle_buffer_size=shuffle_buffer,
+        )
 
 
 def parameter_checksum(module: torch.nn.Module) -> str:

@@ -1,30 +1,112 @@
 """Stage 2: the pose head on the frozen encoder, geodesic loss, on Ray Train.
 
-Training data are labelled images: by default renders of training identities over all of SO(3)
-(both images of each rendered pair, fresh each epoch), or a labelled Parquet set
-(``head.labelled_path``, the shared schema of ``clerf_ray.data.schema``).
+The encoder is frozen, so an image's embedding never changes during this stage: each labelled
+image is embedded once, by encoder actors in a Ray Data pipeline (:func:`build_head_embeddings`,
+batch inference with ``map_batches`` and ``ActorPoolStrategy``), and the head then trains on the
+cached embeddings for many passes (``head.passes`` per epoch). A head step costs a small MLP, not
+a backbone forward, so the head sees thousands of steps in the time that one pass over images
+would take.
+
+Labelled images are, by default, renders of training identities over all of SO(3) (both images
+of each rendered pair, one augmentation each), or a labelled Parquet set (``head.labelled_path``,
+the shared schema of ``clerf_ray.data.schema``), each row embedded once with one augmentation draw.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from clerf_ray.train import common
 
 
-def head_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """``train_loop_per_worker`` of the head stage.
+class EmbedImages:
+    """Ray Data callable class: ``image`` (B, H, W, 3) uint8 -> ``z`` (B, D) float32 embeddings
+    of the frozen encoder; ``R`` passes through."""
 
-    ``config``: ``{"cfg": Config dict, "encoder_state": state dict of the trained encoder}``.
+    def __init__(
+        self,
+        model_cfg: dict[str, Any],
+        image_size: int,
+        encoder_state: dict[str, Any],
+        torch_threads: int | None,
+        device: str = "cpu",
+    ):
+        from clerf_ray.models import create_encoder
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = torch.device(device)
+        self.encoder = create_encoder(model_cfg, image_size=image_size, pretrained=None)
+        self.encoder.load_state_dict(encoder_state)
+        self.encoder.to(self.device).eval().requires_grad_(False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            z = self.encoder(self.encoder.preprocess(batch["image"]))
+        return {
+            "z": z.float().cpu().numpy(),
+            "R": np.asarray(batch["R"], dtype=np.float32).reshape(-1, 3, 3),
+        }
+
+
+def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None):
+    """The head stage's training set: a materialised ``ray.data.Dataset`` with columns ``z``
+    (embedding) and ``R`` (3x3 label), one row per labelled image.
+
+    Args:
+        cfg: the run's :class:`clerf_ray.config.Config`.
+        encoder_state: state dict of the trained encoder.
+        images: a dataset with ``image`` and ``R`` columns; default: ``head.num_samples``
+            renders (or the rows of ``head.labelled_path``) from
+            ``clerf_ray.data.pairs.build_labelled_image_dataset``.
+    """
+    import ray.data
+
+    from clerf_ray.data.pairs import build_labelled_image_dataset
+
+    if images is None:
+        head_data = cfg.data.pair_config(
+            seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2)
+        )
+        images = build_labelled_image_dataset(head_data, labelled_path=cfg.head.labelled_path)
+    gpu = common.use_gpu(cfg.head.use_gpu)
+    model_cfg = {
+        "backbone": cfg.model.backbone,
+        "embedding_dim": cfg.model.embedding_dim,
+        "projection_hidden": cfg.model.projection_hidden,
+    }
+    return images.map_batches(
+        EmbedImages,
+        fn_constructor_kwargs={
+            "model_cfg": model_cfg,
+            "image_size": cfg.data.image_size,
+            "encoder_state": encoder_state,
+            "torch_threads": cfg.head.torch_threads,
+            "device": "cuda" if gpu else "cpu",
+        },
+        batch_size=256,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=cfg.head.cpus_per_worker,
+        num_gpus=1 if gpu else 0,
+    ).materialize()
+
+
+def head_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """``train_loop_per_worker`` of the head stage, on embedding datasets (``z``, ``R``) from
+    :func:`build_head_embeddings`.
+
+    ``config``: ``{"cfg": Config dict, "num_samples": rows of the embedding dataset}``.
     """
     import ray.train
     import ray.train.torch
 
     from clerf_ray.config import Config
     from clerf_ray.losses import geodesic_loss
-    from clerf_ray.models import create_encoder, create_head
+    from clerf_ray.models import create_head
 
     cfg = Config.model_validate(config["cfg"])
     h = cfg.head
@@ -32,34 +114,22 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
     common.seed_everything(cfg.seed + 1000 + ray.train.get_context().get_world_rank())
     device = ray.train.torch.get_device()
 
-    encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
-    encoder.load_state_dict(config["encoder_state"])
-    encoder.to(device).eval().requires_grad_(False)
     head = ray.train.torch.prepare_model(create_head(cfg.model))
-    per_worker, steps = common.global_batches(num_head_samples(cfg), h.batch_size, world)
+    per_worker, steps = common.global_batches(int(config["num_samples"]), h.batch_size, world)
     optimizer = torch.optim.AdamW(head.parameters(), lr=h.lr, weight_decay=h.weight_decay)
 
     def loss_step(batch):
-        with torch.no_grad():
-            z = encoder(encoder.preprocess(batch["image"].to(device)))
         R = batch["R"].to(device)
-        return geodesic_loss(head(z.float()).float(), R), len(R)
+        return geodesic_loss(head(batch["z"].to(device).float()).float(), R), len(R)
 
     return common.fit(
         stage="head",
         model=head,
         optimizer=optimizer,
         section=h,
-        steps=steps,
+        steps=steps * h.passes,
         per_worker=per_worker,
         loss_step=loss_step,
+        passes=h.passes,
+        shuffle_buffer=h.shuffle_buffer,
     )
-
-
-def num_head_samples(cfg) -> int:
-    """Labelled images per epoch: two per rendered pair, or the labelled set's rows."""
-    if cfg.head.labelled_path:
-        from clerf_ray.data.schema import load_labelled
-
-        return load_labelled(cfg.head.labelled_path).num_rows
-    return 2 * (cfg.head.num_samples // 2)

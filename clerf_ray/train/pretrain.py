@@ -1,8 +1,9 @@
 """Stage 1: contrastive pretraining of the encoder with Circle Loss on Ray Train.
 
 The driver builds one lazy pair dataset per epoch (``epoch_0``, ``epoch_1``, ...; each with its
-own draws, so every epoch sees fresh poses, identities and augmentations, and a resumed run picks
-up exactly the epochs it has not done). Each worker runs :func:`pretrain_loop`.
+own draws, so every epoch sees fresh augmentations, and fresh poses and identities unless the
+pairs come from a render pool or shards; a resumed run picks up exactly the epochs it has not
+done). Each worker runs :func:`pretrain_loop`.
 """
 
 from __future__ import annotations

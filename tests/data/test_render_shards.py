@@ -145,3 +145,42 @@ def test_render_job_to_s3_and_stream_back(ray_cluster, s3_env, capsys):  # noqa:
     R_aug = R_aug.astype(np.float64)[np.argsort(ids)]
     # Augmented on the way out (fresh draws from the stored pairs): every label changed.
     assert np.all(geometry.geodesic_error(R_aug, R) > 1.0)
+
+
+def _by_id(batch: dict) -> dict:
+    order = np.argsort(batch["pair_id"])
+    return {k: np.asarray(v)[order] for k, v in batch.items()}
+
+
+def test_in_memory_pool_gives_the_pairs_that_disk_shards_give(ray_cluster, tmp_path):
+    """``data.pool``: the pairs rendered once into Ray's object store and augmented afresh each
+    epoch are exactly those of the disk route (render to shards, stream them back), epoch by
+    epoch; the epochs share renders and differ in their augmentation."""
+    from clerf_ray.data.pairs import render_pool, write_pair_shards
+
+    options = {"image_size": 16, "lighting": "frontal", "background": "grey", "supersample": 1}
+    base = dict(
+        renderer_options=options,
+        num_pairs=8,
+        seed=5,
+        augment="fa",
+        render_batch_size=4,
+        render_num_cpus=0.25,
+        stage_num_cpus=0.1,
+    )
+    write_pair_shards(PairDataConfig(**base), str(tmp_path / "shards"), log=None)
+    disk = PairDataConfig(**{**base, "source": "shards", "shards_path": str(tmp_path / "shards")})
+    cfg = PairDataConfig(**base)
+    pool = render_pool(cfg)
+    epochs = []
+    for epoch in (0, 1):
+        got = _by_id(
+            build_pair_dataset(cfg, epoch, pool=pool).take_batch(100, batch_format="numpy")
+        )
+        want = _by_id(build_pair_dataset(disk, epoch).take_batch(100, batch_format="numpy"))
+        assert got["pair_id"].tolist() == list(range(8))
+        for key in ("anchor", "positive", "R", "identity_a", "identity_b"):
+            np.testing.assert_allclose(got[key].astype(float), want[key].astype(float), atol=1e-6)
+        epochs.append(got)
+    np.testing.assert_array_equal(epochs[0]["identity_b"], epochs[1]["identity_b"])
+    assert np.all(geometry.geodesic_error(epochs[0]["R"], epochs[1]["R"]) > 1.0)

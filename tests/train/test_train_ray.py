@@ -50,6 +50,7 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
         "pretrain.max_failures=0",
         "head.batch_size=8",
         "head.epochs=2",
+        "head.passes=2",
         "head.num_samples=16",
         "head.num_workers=1",
         "head.cpus_per_worker=0.5",
@@ -251,23 +252,52 @@ def _labelled_dataset(n: int, size: int, seed: int, poison: int | None = None):
     )
 
 
+def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path):
+    """The encoder actors' embeddings, with their labels, are what the encoder gives each image
+    in this process (rows are matched through their labels, whatever order Ray returns)."""
+    from clerf_ray.models import create_encoder
+    from clerf_ray.train.head import build_head_embeddings
+
+    cfg = tiny_config(tmp_path)
+    torch.manual_seed(3)
+    encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None).eval()
+    n = 24
+    images = _labelled_dataset(n, 32, seed=5)
+    ds = build_head_embeddings(cfg, encoder.state_dict(), images=images)
+    rows = ds.take_all()
+    assert len(rows) == n
+    src = images.take_all()
+    by_label = {np.round(r["R"], 5).tobytes(): r["image"] for r in src}
+    with torch.no_grad():
+        for row in rows:
+            image = by_label[np.round(row["R"], 5).tobytes()]
+            z = encoder(encoder.preprocess(image)).numpy()[0]
+            assert row["z"].shape == (cfg.model.embedding_dim,)
+            np.testing.assert_allclose(row["z"], z, atol=1e-5)
+            assert np.linalg.norm(row["z"]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
     from clerf_ray.models import create_encoder
+    from clerf_ray.train.head import build_head_embeddings
 
     cfg = tiny_config(tmp_path, "head.max_failures=2")
     out = tmp_path / "record"
     out.mkdir()
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
     n = cfg.head.num_samples
+    state = encoder.state_dict()
     with pytest.raises(common.NonFiniteLossError) as err:
         run_stage(
             stage="head",
             loop=_recording(head_loop, str(out)),
-            loop_config={"cfg": cfg.model_dump(mode="json"), "encoder_state": encoder.state_dict()},
+            loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
             section=cfg.head,
             datasets={
-                "epoch_0": _labelled_dataset(n, 32, seed=1),
-                "epoch_1": _labelled_dataset(n, 32, seed=2, poison=n - 3),
+                "epoch_0": build_head_embeddings(cfg, state, _labelled_dataset(n, 32, seed=1)),
+                "epoch_1": build_head_embeddings(
+                    cfg, state, _labelled_dataset(n, 32, seed=2, poison=n - 3)
+                ),
             },
             storage_path=cfg.storage_path,
             name="nan-head",
