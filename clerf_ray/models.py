@@ -316,7 +316,11 @@ class Encoder(nn.Module):
             raise
         if pretrained is not None and not hub:
             load_backbone_weights(self.backbone, pretrained, option=f"pretrained={pretrained!r}")
-        self.num_features = int(self.backbone.num_features)
+        # Pooled output width: timm's head_hidden_size where a model has a pre-logits layer
+        # (MobileNetV3, LCNet: wider than num_features), else num_features.
+        self.num_features = int(
+            getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        )
         hidden = [projection_hidden] if projection_hidden > 0 else []
         self.projection = _mlp([self.num_features, *hidden, embedding_dim])
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}

@@ -93,6 +93,19 @@ def test_unknown_backbone_is_named():
         create_encoder(backbone="no_such_net")
 
 
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_100", "lcnet_050"])
+def test_backbones_with_a_pre_logits_layer_project_their_pooled_output(backbone):
+    """MobileNetV3 and LCNet pool num_features channels, then widen them in a pre-logits layer:
+    the projection must take the width that actually comes out."""
+    enc = create_encoder(backbone=backbone, embedding_dim=16, image_size=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        z, f = enc(x, return_features=True)
+    assert f.shape == (3, enc.num_features) and enc.num_features > enc.backbone.num_features
+    assert z.shape == (3, 16)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+
+
 def test_paper_swin_setting_by_config_only():
     torch.manual_seed(0)
     enc = create_encoder(backbone="swin_tiny_patch4_window7_224", image_size=224).eval()
