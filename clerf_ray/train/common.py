@@ -289,11 +289,13 @@ def parameter_checksum(module: torch.nn.Module) -> str:
 
 def numeric_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Collate a numpy batch into CPU tensors, leaving out text columns (``source``)."""
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(v))
-        for k, v in batch.items()
-        if v.dtype.kind in "biuf"
-    }
+    out = {}
+    for k, v in batch.items():
+        if v.dtype.kind in "biuf":
+            v = np.ascontiguousarray(v)
+            # Ray hands out read-only views of object-store blocks; torch wants writable memory.
+            out[k] = torch.from_numpy(v if v.flags.writeable else v.copy())
+    return out
 
 
 def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
