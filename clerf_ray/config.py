@@ -135,6 +135,11 @@ class HeadSection(OptimSection):
     labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
     lr: float = Field(2e-3, gt=0)
     time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")
+    views: Literal[1, 2, 8] = Field(
+        8,
+        description="test-time views of the registered model: 1 the image, 2 and its mirror, "
+        "8 the quarter turns of both; mapped back by the exact label transforms and averaged",
+    )
 
 
 class EvalSection(_Section):

@@ -405,6 +405,28 @@ class PoseHead(nn.Module):
         return geometry.rotation_6d_to_matrix(self.forward_6d(z))
 
 
+VIEWS = (1, 2, 8)
+
+
+def _view_ops(views: int) -> list[tuple[int, bool]]:
+    """(quarter turns counterclockwise, horizontal mirror first) of each test-time view."""
+    turns = (0, 1, 2, 3) if views == 8 else (0,)
+    mirrors = (False, True) if views >= 2 else (False,)
+    return [(k, h) for k in turns for h in mirrors]
+
+
+def mean_rotation(R: torch.Tensor) -> torch.Tensor:
+    """Chordal L2 mean of rotations stacked on dim 0, (V, B, 3, 3) -> (B, 3, 3): the rotation
+    nearest (Frobenius) to their arithmetic mean, by SVD with the determinant fixed to +1."""
+    # float64: when views disagree the mean is ill-conditioned, and float32 rounding would move
+    # the result by a fraction of a degree depending on the order of the views.
+    M = R.double().mean(0)
+    U, _, Vh = torch.linalg.svd(M)
+    D = torch.ones_like(M[..., 0])
+    D[..., 2] = torch.sign(torch.linalg.det(U @ Vh))
+    return (U @ (D.unsqueeze(-1) * Vh)).to(R.dtype)
+
+
 class PoseModel(nn.Module):
     """Images -> rotation: an encoder followed by a pose head.
 
@@ -414,17 +436,29 @@ class PoseModel(nn.Module):
         freeze_encoder: keep the encoder in eval mode, with ``requires_grad=False`` and run under
             ``torch.no_grad()`` (the CLERF head stage); ``model.train()`` then trains only the
             head, and DDP sees only the head's parameters as trainable.
+        views: test-time views, in eval mode only: 1 (the image), 2 (and its mirror image) or 8
+            (the four quarter turns of each). Every view's prediction is mapped back through the
+            exact label transform of its image operation (``geometry.hflip_label``,
+            ``geometry.rotate_label``) and the predictions are averaged on SO(3)
+            (:func:`mean_rotation`). Quarter turns and mirrors move pixels without
+            interpolation, and the set of views is closed under them, so with 8 views the
+            prediction is equivariant to those operations (up to float rounding).
     """
 
-    def __init__(self, encoder: Encoder, head: PoseHead, freeze_encoder: bool = True):
+    def __init__(
+        self, encoder: Encoder, head: PoseHead, freeze_encoder: bool = True, views: int = 1
+    ):
         super().__init__()
         if head.config.in_dim != encoder.embedding_dim:
             raise ValueError(
                 f"head in_dim {head.config.in_dim} != encoder embedding_dim {encoder.embedding_dim}"
             )
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
         self.encoder = encoder
         self.head = head
         self.freeze_encoder = bool(freeze_encoder)
+        self.views = int(views)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -439,14 +473,26 @@ class PoseModel(nn.Module):
         """See :meth:`Encoder.preprocess`."""
         return self.encoder.preprocess(images)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, 3, 3) labels."""
+    def _single(self, images: torch.Tensor) -> torch.Tensor:
         if self.freeze_encoder:
             with torch.no_grad():
                 z = self.encoder(images)
         else:
             z = self.encoder(images)
         return self.head(z)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, 3, 3) labels."""
+        if self.training or self.views == 1:
+            return self._single(images)
+        preds = []
+        for turns, mirror in _view_ops(self.views):
+            x = torch.flip(images, dims=(-1,)) if mirror else images
+            # rot90 from the row axis toward the column axis: counterclockwise as displayed.
+            x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+            R = geometry.rotate_label(self._single(x.contiguous()), -90.0 * turns)
+            preds.append(geometry.hflip_label(R) if mirror else R)
+        return mean_rotation(torch.stack(preds))
 
 
 # --------------------------------------------------------------------------- factories
@@ -473,11 +519,14 @@ class PoseModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     freeze_encoder: bool = True
+    views: int = 1
 
 
 def _config_of(model: nn.Module):
     if isinstance(model, PoseModel):
-        return PoseModelConfig(model.encoder.config, model.head.config, model.freeze_encoder)
+        return PoseModelConfig(
+            model.encoder.config, model.head.config, model.freeze_encoder, model.views
+        )
     if isinstance(model, Encoder | PoseHead):
         return model.config
     raise TypeError(f"save_model: expected Encoder, PoseHead or PoseModel, got {type(model)}")
@@ -494,6 +543,7 @@ def _config_to_json(cfg) -> dict[str, Any]:
             "encoder": dataclasses.asdict(cfg.encoder),
             "head": dataclasses.asdict(cfg.head),
             "freeze_encoder": cfg.freeze_encoder,
+            "views": cfg.views,
         }
     raise TypeError(
         f"save_model: cfg must be EncoderConfig, HeadConfig or PoseModelConfig: {cfg!r}"
@@ -580,7 +630,13 @@ def load_model(path: str, map_location: str | torch.device = "cpu") -> nn.Module
         elif kind == "pose_model":
             encoder, c = enc()
             encoder.config = c
-            model = PoseModel(encoder, create_head(meta["head"]), bool(meta["freeze_encoder"]))
+            model = PoseModel(
+                encoder,
+                create_head(meta["head"]),
+                bool(meta["freeze_encoder"]),
+                # Models saved before test-time views existed predict from the image alone.
+                views=int(meta.get("views", 1)),
+            )
         else:
             raise ValueError(f"unknown kind {kind!r}")
     except (KeyError, TypeError, ValueError) as e:

@@ -135,7 +135,7 @@ def train_head_stage(cfg: Config, encoder, name: str):
     log_history("head", stage.history)
     head = create_head(cfg.model)
     head.load_state_dict(stage.state["model"])
-    return PoseModel(encoder, head, freeze_encoder=True).eval(), stage
+    return PoseModel(encoder, head, freeze_encoder=True, views=cfg.head.views).eval(), stage
 
 
 def evaluate_heldout(cfg: Config, model) -> dict[str, float]:

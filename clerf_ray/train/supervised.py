@@ -31,7 +31,8 @@ def build_baseline_model(cfg):
     from clerf_ray.models import PoseModel, create_encoder, create_head
 
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size)
-    return PoseModel(encoder, create_head(cfg.model), freeze_encoder=False)
+    # The same test-time views as CLERF's registered head, so evaluations compare like with like.
+    return PoseModel(encoder, create_head(cfg.model), freeze_encoder=False, views=cfg.head.views)
 
 
 def num_baseline_samples(cfg, labelled_path: str | None) -> int:
