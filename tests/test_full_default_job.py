@@ -30,8 +30,6 @@ def test_default_job_reaches_its_accuracy(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     median = float(re.search(r"geodesic error, median\s+([\d.]+) deg", proc.stdout).group(1))
-    # The mission's bar for the laptop default.
-    assert median < 6.0, proc.stdout
 
     from clerf_ray import evaluate, registry
     from clerf_ray.config import load_config
@@ -45,3 +43,6 @@ def test_default_job_reaches_its_accuracy(tmp_path):
     again = evaluate.evaluate_model(model, images, R)["geodesic_median"]
     assert abs(again - median) < max(1.0, 0.25 * median)
     assert np.isfinite(again)
+    # The mission's bar for the laptop default (last: the checks above hold regardless). The
+    # default measured 8.4 deg on the 2-core VM (README), so this still fails: open work.
+    assert median < 6.0, proc.stdout
