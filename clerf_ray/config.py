@@ -250,3 +250,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (and return nothing)."""
     Path(path).write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+
+
+def add_config_arguments(parser, example: str = "pretrain.epochs=2") -> None:
+    """The jobs' shared command line: ``--config FILE`` and free ``key=value`` overrides."""
+    parser.add_argument("--config", help="YAML config file layered over the defaults")
+    parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+
+
+def config_from_args(args) -> Config | None:
+    """The config named by :func:`add_config_arguments`'s arguments, or None after printing
+    the error (naming the field or file) to stderr; jobs then exit with status 2."""
+    import sys
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None

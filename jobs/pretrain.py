@@ -8,7 +8,7 @@ ray job submit --working-dir . -- python jobs/pretrain.py  # on a running cluste
 import argparse
 import sys
 
-from clerf_ray.config import ConfigError, load_config
+from clerf_ray.config import add_config_arguments, config_from_args
 from clerf_ray.recipe import run_recipe, summary_table
 
 
@@ -16,13 +16,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="YAML config file layered over the defaults")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pretrain.epochs=2")
+    add_config_arguments(parser, "pretrain.epochs=2")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_args(args)
+    if cfg is None:
         return 2
     result = run_recipe(cfg)
     print(summary_table(cfg, result))

@@ -10,7 +10,7 @@ ray job submit --working-dir . -- python jobs/train_baseline.py
 import argparse
 import sys
 
-from clerf_ray.config import ConfigError, load_config
+from clerf_ray.config import add_config_arguments, config_from_args
 from clerf_ray.train.supervised import train_baseline
 
 
@@ -18,18 +18,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="YAML config file layered over the defaults")
     parser.add_argument("--name", default="clerf-baseline", help="registered model name")
     parser.add_argument(
         "--labelled", default=None, help="labelled Parquet set (local or s3://) instead of renders"
     )
     parser.add_argument("--no-register", action="store_true", help="log the model, do not register")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pretrain.epochs=2")
+    add_config_arguments(parser, "pretrain.epochs=2")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_args(args)
+    if cfg is None:
         return 2
     r = train_baseline(
         cfg, model_name=args.name, labelled_path=args.labelled, register=not args.no_register

@@ -11,7 +11,7 @@ version of ``tracking.head_name`` (alias candidate) tagged with the encoder vers
 import argparse
 import sys
 
-from clerf_ray.config import ConfigError, load_config
+from clerf_ray.config import add_config_arguments, config_from_args
 from clerf_ray.train.head_on_registered import summary_table, train_head_on
 
 
@@ -22,13 +22,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--encoder", required=True, help="registered encoder: name@alias or name/version"
     )
-    parser.add_argument("--config", help="YAML config file layered over the defaults")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. head.epochs=2")
+    add_config_arguments(parser, "head.epochs=2")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_args(args)
+    if cfg is None:
         return 2
     try:
         result = train_head_on(args.encoder, cfg)

@@ -28,7 +28,7 @@ class EmbedImages:
 
     def __init__(
         self,
-        model_cfg: dict[str, Any],
+        model_cfg: Any,
         image_size: int,
         encoder_state: dict[str, Any],
         torch_threads: int | None,
@@ -73,15 +73,11 @@ def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None):
         )
         images = build_labelled_image_dataset(head_data, labelled_path=cfg.head.labelled_path)
     gpu = common.use_gpu(cfg.head.use_gpu)
-    model_cfg = {
-        "backbone": cfg.model.backbone,
-        "embedding_dim": cfg.model.embedding_dim,
-        "projection_hidden": cfg.model.projection_hidden,
-    }
     return images.map_batches(
         EmbedImages,
         fn_constructor_kwargs={
-            "model_cfg": model_cfg,
+            # create_encoder takes the encoder's fields from the model section itself.
+            "model_cfg": cfg.model,
             "image_size": cfg.data.image_size,
             "encoder_state": encoder_state,
             "torch_threads": cfg.head.torch_threads,
