@@ -14,9 +14,12 @@ Conventions (see DESIGN.md, verified on AFLW2000):
 * Image coordinates are (x right, y down) about the image centre; "counterclockwise" always means
   as displayed on screen.
 
-Every function accepts numpy arrays or torch tensors and is batched over leading dimensions:
-matrices are ``(..., 3, 3)``, 6D vectors ``(..., 6)``, angles ``(...)``. The result has the input's
-type (and, for torch, its device and dtype).
+Every function that takes arrays accepts numpy arrays or torch tensors and is batched over
+leading dimensions: matrices are ``(..., 3, 3)``, 6D vectors ``(..., 6)``, angles ``(...)``. The
+result has the input's type (and, for torch, its device and floating dtype), with these exceptions:
+:func:`mae_euler` returns Python floats; :func:`camera_from_pose` always returns its camera vectors
+as float32 (tensors on the input's device for torch input) and is not differentiable;
+:func:`sample_rotations` and :func:`frontal_camera`, which take no arrays, return numpy.
 """
 
 from __future__ import annotations
@@ -432,7 +435,8 @@ def camera_from_pose(
     separately for the backend to apply as an image rotation.
 
     Args:
-        R: (..., 3, 3) labels (numpy or torch; computed in float64 numpy).
+        R: (..., 3, 3) labels, numpy or torch. Computed in float64 numpy either way (no gradient
+            flows back to a tensor).
         radius: camera distance from the pivot.
         pivot: point the camera looks at (EG3D FFHQ: (0, 0, 0.2); PanoHead: (0, 0, 0)).
         focal: focal length normalised by image size; principal point at the image centre.
@@ -442,9 +446,20 @@ def camera_from_pose(
         columns are the camera's x right, y down, z forward in world coordinates, then its
         position) followed by the row-major normalised 3x3 intrinsics; ``roll`` (...) radians, the
         in-plane angle clockwise as displayed (rotate the render by ``-degrees(roll)``
-        counterclockwise to obtain label R).
+        counterclockwise to obtain label R). For numpy input both are numpy (``roll`` float64);
+        for torch input both are tensors on R's device, ``c`` float32 and ``roll`` in R's
+        floating dtype (float32 for an integer R).
     """
-    R = R.detach().cpu().double().numpy() if _is_torch(R) else np.asarray(R, dtype=np.float64)
+    if _is_torch(R):
+        c, roll = camera_from_pose(
+            R.detach().cpu().double().numpy(), radius=radius, pivot=pivot, focal=focal
+        )
+        roll_dtype = R.dtype if R.is_floating_point() else torch.float32
+        return (
+            torch.as_tensor(c, device=R.device),
+            torch.as_tensor(roll, dtype=roll_dtype, device=R.device),
+        )
+    R = np.asarray(R, dtype=np.float64)
     pitch_o, yaw_o, roll_o = orbit_decomposition(R)
     # Camera orientation: the frontal camera's axes are C; orbiting by azimuth yaw_o about world y
     # after an elevation pitch_o about world x gives Rc = Ry(yaw_o) Rx(pitch_o) C, so the head

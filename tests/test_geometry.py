@@ -355,3 +355,184 @@ def test_camera_yaw_and_pitch_signs():
     # Roll-free labels within +-90 deg yaw: the orbit angles are the label's own.
     p, y, r = g.orbit_decomposition(g.euler_to_matrix(0.3, -0.8, 0.0))
     np.testing.assert_allclose([p, y, r], [0.3, -0.8, 0.0], atol=1e-12)
+
+
+# --------------------------------------------------------------------------- torch inputs
+# The same functions on tensors: values against scipy or geometry written out here, and the type,
+# dtype, device and batch shape of the input kept.
+
+S_MIRROR = np.diag([-1.0, 1.0, 1.0])  # a head point's mirror twin: x -> -x in the head frame
+IMAGE_X_MIRROR = np.diag([-1.0, 1.0, 1.0])  # camera frame: image x -> -x
+IMAGE_Y_MIRROR = np.diag([1.0, -1.0, 1.0])  # camera frame: image y -> -y
+CV = np.diag([1.0, -1.0, -1.0])  # DESIGN.md's C: dataset head frame <-> OpenCV camera frame
+dtypes = st.sampled_from([torch.float64, torch.float32])
+
+
+def atol_for(dtype, float64=1e-12, float32=2e-6):
+    return float64 if dtype == torch.float64 else float32
+
+
+def mirrored_label(R, image_mirror):
+    """The label of a mirrored image, from geometry alone (numpy).
+
+    The head puts point p at R_cam p (camera frame, R_cam = C R^T C). Mirroring the image maps that
+    to M R_cam p; the head is symmetric, so its point S p (the mirror twin) is where p was shown,
+    and the new camera-frame rotation R_cam' satisfies R_cam' (S p) = M R_cam p for all p:
+    R_cam' = M R_cam S (a proper rotation: two reflections). Back to the dataset frame: C R_cam'^T C.
+    """
+    R_cam = CV @ np.swapaxes(R, -1, -2) @ CV
+    R_cam2 = image_mirror @ R_cam @ S_MIRROR
+    return CV @ np.swapaxes(R_cam2, -1, -2) @ CV
+
+
+def column_angles_deg(A, B):
+    """Angles in degrees between matching columns of A and B (numpy, by arccos of the dot)."""
+    A = A / np.linalg.norm(A, axis=-2, keepdims=True)
+    B = B / np.linalg.norm(B, axis=-2, keepdims=True)
+    return np.degrees(np.arccos(np.clip((A * B).sum(-2), -1.0, 1.0)))
+
+
+def body_turn(axis, degrees_):
+    """Rotation by ``degrees_`` about basis axis ``axis`` (0, 1, 2), from scipy."""
+    return Rotation.from_rotvec(np.radians(degrees_) * np.eye(3)[axis]).as_matrix()
+
+
+@given(seeds, dtypes)
+@settings(max_examples=30)
+def test_hflip_and_vflip_label_on_tensors(seed, dtype):
+    R = random_rotations(seed, 8).reshape(2, 4, 3, 3)
+    Rt = torch.tensor(R, dtype=dtype)
+    for fn, mirror in ((g.hflip_label, IMAGE_X_MIRROR), (g.vflip_label, IMAGE_Y_MIRROR)):
+        out = fn(Rt)
+        assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.device == Rt.device
+        assert out.shape == (2, 4, 3, 3)
+        expected = mirrored_label(Rt.double().numpy(), mirror)
+        np.testing.assert_allclose(
+            out.double().numpy(), expected, atol=atol_for(dtype, 1e-12, 1e-6)
+        )
+    # The Euler reading of a horizontal mirror (scipy): pitch stays, yaw and roll change sign.
+    roll, yaw, pitch = Rotation.from_matrix(R[0, 0]).as_euler("ZYX")
+    flipped = g.hflip_label(torch.tensor(R[0, 0], dtype=dtype)).double().numpy()
+    np.testing.assert_allclose(
+        flipped, scipy_label(pitch, -yaw, -roll), atol=atol_for(dtype, 1e-12, 1e-6)
+    )
+
+
+@given(seeds, dtypes)
+@settings(max_examples=30)
+def test_geodesic_error_on_tensors_matches_scipy(seed, dtype):
+    A, B = random_rotations(seed, 6), random_rotations(seed + 1, 6)
+    # scipy: the angle of the relative rotation A^T B (A^-1 B), in degrees.
+    expected = np.degrees((Rotation.from_matrix(A).inv() * Rotation.from_matrix(B)).magnitude())
+    At, Bt = torch.tensor(A, dtype=dtype), torch.tensor(B, dtype=dtype)
+    out = g.geodesic_error(At.reshape(2, 3, 3, 3), Bt.reshape(2, 3, 3, 3))
+    assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.shape == (2, 3)
+    np.testing.assert_allclose(
+        out.reshape(-1).double().numpy(), expected, atol=atol_for(dtype, 1e-9, 1e-3)
+    )
+    np.testing.assert_allclose(g.geodesic_error(A, B), expected, atol=1e-9)
+
+
+@given(seeds, st.integers(0, 2), st.floats(-180.0, 180.0), st.booleans())
+@settings(max_examples=60)
+def test_maev_of_a_body_turn_is_two_thirds_of_the_angle(seed, axis, t, as_torch):
+    """Turning R about its own axis k by t moves the two other axis vectors by |t| and leaves axis k:
+    MAEV = 2|t|/3. Any common rotation Q on the left changes no angle between columns."""
+    R = random_rotations(seed, 1)[0]
+    Q = random_rotations(seed + 7, 1)[0]
+    pred, true = Q @ R @ body_turn(axis, t), Q @ R
+    if as_torch:
+        pred, true = torch.tensor(pred), torch.tensor(true)
+    out = g.maev(pred, true)
+    assert isinstance(out, torch.Tensor) == as_torch
+    assert abs(float(out) - 2 * abs(t) / 3) < 1e-6
+
+
+@given(seeds, dtypes)
+@settings(max_examples=30)
+def test_maev_on_tensors_matches_arccos_of_columns(seed, dtype):
+    A, B = random_rotations(seed, 8), random_rotations(seed + 1, 8)
+    expected = column_angles_deg(A, B).mean(-1)
+    out = g.maev(torch.tensor(A, dtype=dtype), torch.tensor(B, dtype=dtype))
+    assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.shape == (8,)
+    # arccos near 1 loses about 1e-6 deg in float64: compare at 1e-5.
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=atol_for(dtype, 1e-5, 1e-2))
+
+
+@given(
+    st.lists(st.floats(-180.0, 180.0), min_size=3, max_size=3),
+    st.lists(st.integers(-3, 3), min_size=3, max_size=3),
+    st.lists(st.floats(-179.5, 179.5), min_size=3, max_size=3),
+    st.booleans(),
+)
+def test_mae_wraps_whole_turns(a, k, d, as_torch):
+    """Angles a and a + 360 k + d (degrees) are |d| apart for |d| < 180, whatever the whole turns k."""
+    true = np.radians(a)
+    pred = np.radians(np.asarray(a) + 360.0 * np.asarray(k) + np.asarray(d))
+    if as_torch:
+        pred, true = torch.tensor(pred)[None], torch.tensor(true)[None]
+    e = g.euler_errors(pred, true)
+    assert isinstance(e, torch.Tensor) == as_torch
+    np.testing.assert_allclose(np.asarray(e).reshape(3), np.abs(d), atol=1e-9)
+    m = g.mae_euler(pred, true)
+    assert all(type(v) is float for v in m.values())
+    assert m["mean"] == pytest.approx(np.abs(d).mean(), abs=1e-9)
+    assert [m["pitch"], m["yaw"], m["roll"]] == pytest.approx(np.abs(d), abs=1e-9)
+
+
+@given(seeds, dtypes)
+@settings(max_examples=30)
+def test_euler_errors_of_tensor_matrices(seed, dtype):
+    rng = np.random.default_rng(seed)
+    # Angles away from gimbal lock, where the Euler reading of a matrix is unique.
+    ang_p = rng.uniform([-180, -85, -180], [180, 85, 180], size=(5, 3))
+    ang_t = rng.uniform([-180, -85, -180], [180, 85, 180], size=(5, 3))
+    pred = np.stack([scipy_label(*np.radians(x)) for x in ang_p])
+    true = np.stack([scipy_label(*np.radians(x)) for x in ang_t])
+    diff = np.abs(ang_p - ang_t) % 360.0
+    expected = np.minimum(diff, 360.0 - diff)  # by hand: the shorter way round
+    e = g.euler_errors(torch.tensor(pred, dtype=dtype), torch.tensor(true, dtype=dtype))
+    assert isinstance(e, torch.Tensor) and e.dtype == dtype and e.shape == (5, 3)
+    np.testing.assert_allclose(e.double().numpy(), expected, atol=atol_for(dtype, 1e-7, 5e-3))
+    m = g.mae_euler(torch.tensor(pred, dtype=dtype), torch.tensor(true, dtype=dtype))
+    assert all(type(v) is float for v in m.values())
+    assert m["mean"] == pytest.approx(expected.mean(), abs=atol_for(dtype, 1e-7, 5e-3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_camera_from_pose_on_tensors(dtype):
+    """Tensors in, tensors out (c float32, roll in R's dtype, R's device); cameras written out:
+    yaw t puts the camera at pivot + r (sin t, 0, cos t), pitch u at pivot + r (0, -sin u, cos u),
+    both looking at the pivot; a pure roll label keeps the frontal camera and returns its roll."""
+    t, u, rho = math.radians(30), math.radians(20), math.radians(-65)
+    R = torch.tensor(
+        np.stack([scipy_label(0, t, 0), scipy_label(u, 0, 0), scipy_label(0, 0, rho)]), dtype=dtype
+    )
+    pivot, r = (0.1, -0.2, 0.3), 2.5
+    c, roll = g.camera_from_pose(R, radius=r, pivot=pivot)
+    assert isinstance(c, torch.Tensor) and c.dtype == torch.float32 and c.shape == (3, 25)
+    assert isinstance(roll, torch.Tensor) and roll.dtype == dtype and roll.shape == (3,)
+    assert c.device == R.device and roll.device == R.device
+    M = c[:, :16].reshape(3, 4, 4).double().numpy()
+    p = np.asarray(pivot)
+    # Columns of the rotation: camera x (right), y (down), z (forward, toward the pivot).
+    want_rot = [
+        np.array([[math.cos(t), 0, -math.sin(t)], [0, -1, 0], [-math.sin(t), 0, -math.cos(t)]]),
+        np.stack([[1, 0, 0], [0, -math.cos(u), -math.sin(u)], [0, math.sin(u), -math.cos(u)]], 1),
+        np.diag([1.0, -1.0, -1.0]),
+    ]
+    want_pos = [
+        p + r * np.array([math.sin(t), 0, math.cos(t)]),
+        p + r * np.array([0, -math.sin(u), math.cos(u)]),
+        p + r * np.array([0, 0, 1.0]),
+    ]
+    for i in range(3):
+        np.testing.assert_allclose(M[i, :3, :3], want_rot[i], atol=1e-6)
+        np.testing.assert_allclose(M[i, :3, 3], want_pos[i], atol=1e-5)
+        np.testing.assert_allclose(M[i, 3], [0, 0, 0, 1], atol=0)
+        np.testing.assert_allclose(
+            c[i, 16:].numpy(), [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6
+        )
+    np.testing.assert_allclose(
+        roll.double().numpy(), [0.0, 0.0, rho], atol=atol_for(dtype, 1e-12, 1e-6)
+    )
