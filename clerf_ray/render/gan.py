@@ -194,10 +194,11 @@ class GanRenderer(Renderer):
 
     Determinism: EG3D's volume renderer jitters its ray samples with torch's global random
     generator even with ``noise_mode='const'``. Each synthesis call runs inside
-    ``torch.random.fork_rng`` seeded from its identities and cameras, so images are reproducible
-    and the caller's random state is untouched. The jitter is drawn for the whole chunk at once,
-    so an image depends (at noise level) on the other samples of its chunk; with
-    ``batch_size=1`` every image is a function of its own identity and pose only.
+    ``torch.random.fork_rng`` seeded from its identities and cameras, so the caller's random state
+    is untouched. The jitter is drawn for the whole call at once; with the default
+    ``batch_size=1`` every call renders one sample, so an image is a function of its own identity
+    and pose only, as the renderer contract requires, whatever batches the caller (a Ray Data
+    pipeline, say) groups it into. ``batch_size > 1`` is a speed option that gives this up.
 
     Subclasses set ``name``, ``pose_range``, ``default_pivot`` and ``weights_hint``.
 
@@ -211,7 +212,11 @@ class GanRenderer(Renderer):
             usual setting for clean samples).
         truncation_cutoff: number of layers truncated (``None``: all), as in the projects' scripts.
         device: torch device; default ``"cuda"`` when available, else ``"cpu"``.
-        batch_size: samples per synthesis call.
+        batch_size: samples per synthesis call. The default 1 keeps images deterministic per
+            identity and pose. Larger values render faster on a GPU, but the ray jitter is then
+            seeded and drawn per chunk of ``batch_size`` consecutive samples, so an image also
+            depends, at noise level, on its chunk neighbours (the same image can differ slightly
+            when rendered in another batch or at another place in the batch).
         radius: camera distance from the pivot, in the generator's world units.
         pivot: world point the camera orbits and looks at; default the backend's.
         focal: focal length normalised by image size (FFHQ cameras: 4.2647).
@@ -231,7 +236,7 @@ class GanRenderer(Renderer):
         truncation_psi: float = 0.7,
         truncation_cutoff: int | None = 14,
         device: str | torch.device | None = None,
-        batch_size: int = 8,
+        batch_size: int = 1,
         radius: float = 2.7,
         pivot: Sequence[float] | None = None,
         focal: float = geometry.FFHQ_FOCAL,
