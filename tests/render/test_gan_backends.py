@@ -11,6 +11,7 @@ DESIGN.md (``R_cam = C R^T C``, pinhole projection), without the code under test
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pickle
 import shutil
@@ -460,3 +461,80 @@ def test_standin_network_pkl_from_s3(fake_checkout, monkeypatch):
             )
     finally:
         server.stop()
+
+
+def _rows(ds) -> dict[str, np.ndarray]:
+    """All rows of a Ray dataset as numpy columns, ordered by ``pair_id``."""
+    parts: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_size=4, batch_format="numpy"):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    rows = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.argsort(rows["pair_id"], kind="stable")
+    return {k: v[order] for k, v in rows.items()}
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_standin_eg3d_inside_the_ray_pair_pipeline_actor(ray_cluster, fake_checkout, device):
+    """The EG3D backend with the stand-in generator inside the pair pipeline's renderer actor
+    (``RenderPairs`` in an ``ActorPoolStrategy`` stage) on the local Ray: the checkout goes on
+    the actor's ``sys.path``, the pickle loads there, and the streamed images equal the renderer
+    called directly in this process for the same identities and poses, although the actor
+    renders them in other batches (the default ``batch_size=1``). On a GPU machine the cuda
+    variant asks Ray for the GPU (``render_num_gpus=1``) and renders on it.
+
+    Every stage has a fractional CPU budget: on 2 cores a whole-CPU stage starves the others."""
+    from clerf_ray.data.pairs import PairDataConfig, build_pair_dataset, render_pool
+
+    checkout, pkl = fake_checkout()
+    size = 32
+    options = {"checkout": str(checkout), "network_pkl": str(pkl), "image_size": size}
+    if device == "cpu":
+        options["device"] = "cpu"  # on a GPU machine too: this variant stays on the CPU
+    common = dict(
+        renderer="eg3d",
+        renderer_options=options,
+        num_pairs=10,
+        augment="none",
+        seed=11,
+        render_num_cpus=0.25,
+        render_num_gpus=1 if device == "cuda" else 0,
+        stage_num_cpus=0.1,
+    )
+    # The pool keeps the float64 labels the actor rendered at; the stream returns float32 ones.
+    pool = _rows(render_pool(PairDataConfig(render_batch_size=4, **common)))
+    assert len(pool["pair_id"]) == 10 and set(pool["source"]) == {"render:eg3d"}
+    R = pool["R"].astype(np.float64).reshape(-1, 3, 3)
+
+    # The renderer called directly, all pairs in one call (the actor had batches of 4).
+    direct = make_renderer("eg3d", **options)
+    anchors = direct.render(pool["identity_a"], R)
+    positives = direct.render(pool["identity_b"], R)
+    np.testing.assert_array_equal(pool["anchor"], anchors)
+    np.testing.assert_array_equal(pool["positive"], positives)
+    assert (pool["identity_a"] != pool["identity_b"]).all()
+    assert np.abs(anchors.astype(int) - positives.astype(int)).mean() > 1  # two people
+
+    # Streamed again, in batches of 3, without augmentation: the same pairs and labels.
+    streamed = _rows(build_pair_dataset(PairDataConfig(render_batch_size=3, **common), epoch=0))
+    np.testing.assert_array_equal(streamed["pair_id"], pool["pair_id"])
+    np.testing.assert_array_equal(streamed["anchor"], anchors)
+    np.testing.assert_array_equal(streamed["positive"], positives)
+    labels = streamed["R"].astype(np.float64)
+    np.testing.assert_allclose(labels, R, atol=1e-6)
+
+    # Every label inside EG3D's range (orbit yaw within +-90 deg, pitch within +-45 deg), from
+    # geometry: the camera sits in direction d = R_cam^T (0, 0, -1) = C R[:, 2] of the head frame
+    # (x right, y down, nose toward -z), so d = (sin y cos p, sin p, -cos y cos p) for orbit yaw y
+    # and pitch p: |y| <= 90 deg iff R[2, 2] >= 0, |p| <= 45 deg iff |R[1, 2]| <= sin 45 deg.
+    assert (labels[:, 2, 2] >= -1e-5).all()
+    assert (np.abs(labels[:, 1, 2]) <= math.sin(math.radians(45)) + 1e-5).all()
