@@ -3,10 +3,13 @@
 A head is a union of ten ellipsoids (cranium, lower face, nose, two ears, neck, two eyeballs, hair
 volume, long hair) whose sizes, colours and styles come from the identity seed. Rays are cast
 orthographically, batched in torch; the colour of a hit is a function of the hit point in the
-head's own frame (eyes, brows, lips, beard, hairline, parting and glasses are decals), shaded with
-Lambert plus ambient light. Pixels are supersampled (``supersample`` x ``supersample`` rays each) for
-anti-aliasing, and composited over a procedural background (gradient, soft blobs, stripes,
-rectangles) seeded by identity and pose.
+head's own frame (eyes, brows, lips, beard, hairline, parting and glasses are decals), shaded by one
+directional light: ambient plus Lambert diffuse, plus a Blinn-Phong specular highlight (stronger on
+eyes and lenses, a little on hair), all times a light tint. With ``lighting="random"`` the light's
+direction, strengths and tint are drawn per sample from identity and pose (or from
+``background_seeds``); with ``"frontal"`` the light is fixed along the view axis. Pixels are
+supersampled (``supersample`` x ``supersample`` rays each) for anti-aliasing, and composited over
+a procedural background (gradient, soft blobs, stripes, rectangles) seeded by identity and pose.
 
 Frames (see ``clerf_ray.geometry``): the head model is given in the camera frame of a frontal,
 upright head, x to the image's right, y down, nose toward -z. A model point ``p`` lands at

@@ -2,6 +2,14 @@
 
 Expected values come from geometry (label transforms, Euler signs, 2D rotations about the image
 centre) and from the rendered silhouette, never from a second call of the function under test.
+
+The equivariance tests (render at a transformed label vs transformed render) use
+``lighting="frontal"``. The default ``lighting="random"`` draws the light per sample from identity
+and pose (the seed includes a hash of R), so the render at a rotated or mirrored label is lit by
+another light and is not the rotated or mirrored image; and any light off the view axis is fixed
+in the camera frame, so it would not turn with the image either. A light along the view axis
+gives Lambert and Blinn-Phong terms (the half vector is then the view axis too) that in-plane
+rotation and mirroring leave unchanged. Backgrounds, also seeded by pose, are masked out.
 """
 
 import math
@@ -23,7 +31,9 @@ def euler_deg(pitch, yaw, roll):
 
 @pytest.fixture(scope="module")
 def frontal():
-    """Light along the view axis: shading is invariant under in-plane rotation and mirroring."""
+    """Light along the view axis: shading is invariant under in-plane rotation and mirroring
+    (the default random light is drawn from identity and pose, so it changes with the label; see
+    the module docstring)."""
     return make_renderer("procedural", image_size=SIZE, lighting="frontal")
 
 
