@@ -152,6 +152,36 @@ def _promote(ns: argparse.Namespace) -> int:
         arg("--out", default="eval", help="folder for results.md, results.csv and the plots"),
         arg("--num-samples", type=int, default=None, help="at most this many samples"),
         arg("--seed", type=int, default=0, help="seed of synthetic poses and variant draws"),
+        arg(
+            "--renderer",
+            default=None,
+            help="renderer of --data synthetic and of the turn plot (default: the one the first "
+            "model's training run logged, else procedural)",
+        ),
+        arg(
+            "--renderer-option",
+            type=_parse_option,
+            action="append",
+            default=None,
+            metavar="KEY=VALUE",
+            help="renderer option (repeatable; default: those the training run logged for the "
+            "same renderer, else none)",
+        ),
+        arg(
+            "--image-size",
+            type=int,
+            default=None,
+            help="side in pixels of the --data synthetic renders (default: the model's input size)",
+        ),
+        arg(
+            "--identities",
+            type=int,
+            nargs=2,
+            default=None,
+            metavar=("LO", "HI"),
+            help="identity seeds [LO, HI) of --data synthetic and the turn plot (default: the "
+            "held-out eval.identities the training run logged, else 2000000 2100000)",
+        ),
         arg("--turn", choices=["yaw", "roll"], default="yaw", help="turn of the embedding plot"),
         arg("--no-plots", action="store_true", help="skip the figures"),
         arg("--tracking-uri", default=None, help="MLflow tracking URI"),
@@ -175,6 +205,10 @@ def _evaluate(ns: argparse.Namespace) -> int:
             out=ns.out,
             num_samples=ns.num_samples,
             seed=ns.seed,
+            identities=tuple(ns.identities) if ns.identities else None,
+            renderer=ns.renderer,
+            renderer_options=dict(ns.renderer_option) if ns.renderer_option else None,
+            image_size=ns.image_size,
             tracking_uri=ns.tracking_uri,
             experiment=ns.experiment,
             plots=not ns.no_plots,

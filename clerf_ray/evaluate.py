@@ -12,6 +12,7 @@ prediction's Euler angles are compared with the dataset's own ``euler_deg``), MA
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import sys
@@ -28,6 +29,9 @@ VARIANTS = ("standard", "sa", "fa")
 # Salt that keeps the variant draws apart from every other random stream of a seed.
 _VARIANT_SALT = 17
 AFLW_LIMIT_DEG = 99.0
+# Held-out identities of the quick evaluation (``clerf_ray.config.EvalSection.identities``).
+DEFAULT_IDENTITIES = (2_000_000, 2_100_000)
+DEFAULT_RENDERER = "procedural"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -184,8 +188,8 @@ def synthetic_set(
     num_samples: int,
     image_size: int,
     seed: int = 0,
-    identities: tuple[int, int] = (2_000_000, 2_100_000),
-    renderer: str = "procedural",
+    identities: tuple[int, int] = DEFAULT_IDENTITIES,
+    renderer: str = DEFAULT_RENDERER,
     renderer_options: dict[str, Any] | None = None,
 ) -> EvalSet:
     """Renders of held-out identities at poses uniform over the renderer's range (all of SO(3)
@@ -204,6 +208,141 @@ def synthetic_set(
     )
     images, R = heldout_renders(cfg, num_samples)
     return EvalSet("synthetic", images, R, None, [f"render-{i:05d}" for i in range(len(R))])
+
+
+@dataclass
+class RenderSettings:
+    """How ``--data synthetic`` is rendered, and the turn of the embedding plot.
+
+    Attributes:
+        renderer: registered renderer name.
+        renderer_options: its keyword options (``image_size`` excluded: see ``image_size``).
+        image_size: side of the renders in pixels.
+        identities: half-open range [low, high) of identity seeds drawn.
+        origin: for each of the fields above, where its value came from: ``"command line"``,
+            ``"training run of REF"`` (the parameters the model's training run logged: its
+            ``data.renderer``, ``data.renderer_options`` and, for the identities, the held-out
+            ``eval.identities``), ``"model config"`` (the input size of the models) or
+            ``"default"``.
+    """
+
+    renderer: str = DEFAULT_RENDERER
+    renderer_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 64
+    identities: tuple[int, int] = DEFAULT_IDENTITIES
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the report, e.g. ``renderer procedural, 64 px, identities [2000000,
+        2100000)`` followed by where each came from."""
+        opts = f" {self.renderer_options}" if self.renderer_options else ""
+        lo, hi = self.identities
+        origins: dict[str, list[str]] = {}
+        for k in ("renderer", "renderer_options", "image_size", "identities"):
+            origins.setdefault(self.origin.get(k, "default"), []).append(k)
+        whence = "; ".join(f"{', '.join(ks)} from {o}" for o, ks in origins.items())
+        return (
+            f"renderer {self.renderer}{opts}, {self.image_size} px, identities [{lo}, {hi}) "
+            f"({whence})"
+        )
+
+
+def recorded_render_settings(ref: str) -> dict[str, Any]:
+    """What the training run of the registered model ``ref`` logged about its renders:
+    ``renderer`` (``data.renderer``), ``renderer_options`` (``data.renderer_options``) and
+    ``identities`` (``eval.identities``, the held-out identities it was evaluated on). Keys that
+    the run did not log are absent; a model without a readable run gives ``{}``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from clerf_ray import registry
+
+    mv = registry.model_version(ref)
+    if not mv.run_id:
+        return {}
+    try:
+        params = MlflowClient().get_run(mv.run_id).data.params
+    except MlflowException:
+        return {}
+    out: dict[str, Any] = {}
+    try:
+        if "data.renderer" in params:
+            out["renderer"] = str(params["data.renderer"])
+        if "data.renderer_options" in params:
+            opts = json.loads(params["data.renderer_options"])
+            if isinstance(opts, dict):
+                out["renderer_options"] = opts
+        if "eval.identities" in params:
+            lo, hi = json.loads(params["eval.identities"])
+            out["identities"] = (int(lo), int(hi))
+    except (ValueError, TypeError):
+        pass  # a run logged by something else: keep what was readable
+    return out
+
+
+def resolve_render_settings(
+    refs: list[str],
+    model_sizes: list[int],
+    *,
+    recorded: dict[str, dict[str, Any]] | None = None,
+    renderer: str | None = None,
+    renderer_options: dict[str, Any] | None = None,
+    image_size: int | None = None,
+    identities: tuple[int, int] | None = None,
+) -> RenderSettings:
+    """The :class:`RenderSettings` of an evaluation: each value from the command line when given,
+    else from the training run of the first model that recorded it (``recorded``: ref ->
+    :func:`recorded_render_settings`), else the largest input size of the models
+    (``model_sizes``, for ``image_size``), else the defaults. Recorded renderer options are used
+    only with the renderer they were recorded for.
+
+    Raises:
+        ValueError: an unknown renderer, or identities that are not a range of >= 2 seeds.
+    """
+    from clerf_ray.render import renderer_class
+
+    recorded = recorded or {}
+    origin: dict[str, str] = {}
+
+    def pick(key, given, default):
+        if given is not None:
+            origin[key] = "command line"
+            return given
+        for ref in refs:
+            if key in recorded.get(ref, {}):
+                origin[key] = f"training run of {ref}"
+                return recorded[ref][key]
+        origin[key] = "default"
+        return default
+
+    name = pick("renderer", renderer, DEFAULT_RENDERER)
+    try:
+        renderer_class(name)
+    except ValueError as e:
+        raise ValueError(f"--renderer (from {origin['renderer']}): {e}") from None
+    if renderer_options is not None:
+        opts, origin["renderer_options"] = dict(renderer_options), "command line"
+    else:
+        opts, origin["renderer_options"] = {}, "default"
+        for ref in refs:
+            rec = recorded.get(ref, {})
+            if "renderer_options" in rec and rec.get("renderer", DEFAULT_RENDERER) == name:
+                opts = dict(rec["renderer_options"])
+                origin["renderer_options"] = f"training run of {ref}"
+                break
+    opts.pop("image_size", None)  # the render size is image_size below
+    if image_size is not None:
+        size, origin["image_size"] = int(image_size), "command line"
+    else:
+        size, origin["image_size"] = int(max(model_sizes, default=64)), "model config"
+    if size < 8:
+        raise ValueError(f"--image-size must be >= 8 pixels, got {size}")
+    lo, hi = (int(v) for v in pick("identities", identities, DEFAULT_IDENTITIES))
+    if lo < 0 or hi - lo < 2:
+        raise ValueError(
+            f"--identities must be LOW HIGH with 0 <= LOW and HIGH - LOW >= 2, got {lo} {hi}"
+        )
+    return RenderSettings(name, opts, size, (lo, hi), origin)
 
 
 def aflw_protocol_mask(euler_deg: np.ndarray, limit_deg: float = AFLW_LIMIT_DEG) -> np.ndarray:
@@ -254,6 +393,7 @@ TABLE_COLUMNS = (
     ("maev", "MAEV", "{:.2f}"),
     ("geodesic_mean", "geodesic mean", "{:.2f}"),
     ("geodesic_median", "geodesic median", "{:.2f}"),
+    ("geodesic_p90", "geodesic p90", "{:.2f}"),
     ("within_10", "<=10 deg", "{:.1%}"),
     ("within_20", "<=20 deg", "{:.1%}"),
     ("within_30", "<=30 deg", "{:.1%}"),
@@ -295,6 +435,7 @@ class EvaluationReport:
     out: Path
     files: list[Path]
     run_ids: dict[str, str]
+    render: RenderSettings | None = None
 
 
 def _log(msg: str) -> None:
@@ -310,8 +451,10 @@ def run_evaluation(
     out: str | Path = "eval",
     num_samples: int | None = None,
     seed: int = 0,
-    identities: tuple[int, int] = (2_000_000, 2_100_000),
-    renderer: str = "procedural",
+    identities: tuple[int, int] | None = None,
+    renderer: str | None = None,
+    renderer_options: dict[str, Any] | None = None,
+    image_size: int | None = None,
     tracking_uri: str | None = None,
     experiment: str = "clerf-eval",
     plots: bool = True,
@@ -326,6 +469,10 @@ def run_evaluation(
             ``registry.load_registered`` from the store at ``tracking_uri``.
         data: a labelled Parquet set (local folder or s3:// prefix), or ``"synthetic"`` for
             renders of held-out identities (``identities``) over the renderer's whole range.
+        identities, renderer, renderer_options, image_size: how ``"synthetic"`` is rendered
+            (the turn plot uses the renderer and the first identity too); each None takes what
+            the first model's training run logged, else the models' input size (image_size),
+            else the defaults (:func:`resolve_render_settings`; the report says which).
         variants: any of ``"standard"``, ``"sa"``, ``"fa"``.
         aflw_protocol: keep only samples with all |Euler angles| <= 99 deg (the dataset's own
             angles), before the variants are made.
@@ -355,13 +502,28 @@ def run_evaluation(
     for ref in models:
         _log(f"loading {ref} on {device}")
         loaded[ref] = registry.load_registered(ref).to(device)
-    image_size = max(m.encoder.image_size for m in loaded.values())
+    sizes = [m.encoder.image_size for m in loaded.values()]
+    render = resolve_render_settings(
+        models,
+        sizes,
+        recorded={ref: recorded_render_settings(ref) for ref in models},
+        renderer=renderer,
+        renderer_options=renderer_options,
+        image_size=image_size,
+        identities=identities,
+    )
     if data == "synthetic":
+        _log(f"rendering {num_samples or 512} samples: {render.describe()}")
         base = synthetic_set(
-            num_samples or 512, image_size, seed=seed, identities=identities, renderer=renderer
+            num_samples or 512,
+            render.image_size,
+            seed=seed,
+            identities=render.identities,
+            renderer=render.renderer,
+            renderer_options=render.renderer_options,
         )
     else:
-        base = load_parquet_set(data, image_size, num_samples)
+        base = load_parquet_set(data, max(sizes), num_samples)
     if aflw_protocol:
         keep = aflw_protocol_mask(base.reference_euler_deg())
         _log(f"AFLW2000 protocol: {int(keep.sum())} of {len(base)} samples have |angles| <= 99")
@@ -411,8 +573,9 @@ def run_evaluation(
                 model.encoder,
                 path,
                 kind=turn,
-                identity=identities[0],
-                renderer=renderer,
+                identity=render.identities[0],
+                renderer=render.renderer,
+                renderer_options=render.renderer_options,
                 title=f"{ref}: embedding of a 360 deg {turn} turn (PCA)",
             )
             per_model_files[ref].append(path)
@@ -421,6 +584,7 @@ def run_evaluation(
         f"Evaluation on `{data}`"
         + (" (AFLW2000 protocol, |angles| <= 99 deg)" if aflw_protocol else "")
         + f", {len(base)} samples; angles in degrees.\n\n"
+        + (f"Renders: {render.describe()}.\n\n" if data == "synthetic" else "")
         + table
     )
     write_csv(rows, out / "results.csv")
@@ -430,11 +594,21 @@ def run_evaluation(
 
     run_ids: dict[str, str] = {}
     if log_mlflow:
-        run_ids = _log_runs(rows, models, data, aflw_protocol, out, per_model_files)
-    return EvaluationReport(rows, table, out, files, run_ids)
+        run_ids = _log_runs(
+            rows,
+            models,
+            data,
+            aflw_protocol,
+            out,
+            per_model_files,
+            render if data == "synthetic" else None,
+        )
+    return EvaluationReport(rows, table, out, files, run_ids, render)
 
 
-def _log_runs(rows, models, data, aflw_protocol, out: Path, per_model_files) -> dict[str, str]:
+def _log_runs(
+    rows, models, data, aflw_protocol, out: Path, per_model_files, render=None
+) -> dict[str, str]:
     import mlflow
 
     from clerf_ray import registry
@@ -452,6 +626,15 @@ def _log_runs(rows, models, data, aflw_protocol, out: Path, per_model_files) -> 
                     "aflw_protocol": str(bool(aflw_protocol)),
                 }
             )
+            if render is not None:
+                mlflow.set_tags(
+                    {
+                        "eval_renderer": render.renderer,
+                        "eval_renderer_options": json.dumps(render.renderer_options),
+                        "eval_image_size": str(render.image_size),
+                        "eval_identities": json.dumps(list(render.identities)),
+                    }
+                )
             for r in rows:
                 if r["model"] != ref:
                     continue

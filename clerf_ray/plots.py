@@ -206,9 +206,15 @@ def turn_labels(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_turn(
-    kind: str, n: int, identity: int, image_size: int, renderer: str = "procedural"
+    kind: str,
+    n: int,
+    identity: int,
+    image_size: int,
+    renderer: str = "procedural",
+    renderer_options: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render one identity over a 360 deg turn: (images (n, S, S, 3) uint8, angles (n,) deg)."""
+    """Render one identity over a 360 deg turn: (images (n, S, S, 3) uint8, angles (n,) deg).
+    ``renderer_options`` are the renderer's keyword options (``image_size`` is the argument)."""
     from clerf_ray.render import make_renderer, renderer_class
 
     R, t = turn_labels(kind, n)
@@ -218,7 +224,8 @@ def render_turn(
             f"renderer {renderer!r} cannot render a full {kind} turn (its pose range is "
             f"{cls.pose_range}); use turn='roll'"
         )
-    r = make_renderer(renderer, image_size=image_size)
+    opts = {k: v for k, v in (renderer_options or {}).items() if k != "image_size"}
+    r = make_renderer(renderer, image_size=image_size, **opts)
     ids = np.full(n, identity, dtype=np.int64)
     try:
         # One background for the whole turn, so only the head changes from frame to frame.
@@ -251,6 +258,7 @@ def plot_turn_embedding(
     renderer: str = "procedural",
     n: int = 72,
     title: str = "",
+    renderer_options: dict | None = None,
 ) -> Path:
     """Embed a rendered 360 deg turn with ``encoder`` (an ``Encoder``) and plot its PCA to 3D,
     coloured by the turn angle, with thumbnails of the turn below (CLERF, Figure 5): a pose-aware
@@ -260,7 +268,7 @@ def plot_turn_embedding(
     """
     import torch
 
-    images, t = render_turn(kind, n, identity, encoder.image_size, renderer)
+    images, t = render_turn(kind, n, identity, encoder.image_size, renderer, renderer_options)
     encoder.eval()
     with torch.no_grad():
         z = encoder(encoder.preprocess(images)).double().cpu().numpy()

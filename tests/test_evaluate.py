@@ -243,6 +243,8 @@ def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_
     row = report.rows[0]
     assert row["geodesic_mean"] == pytest.approx(np.mean(err), abs=1e-3)
     assert row["geodesic_median"] == pytest.approx(np.median(err), abs=1e-3)
+    # 90th percentile of 11 errors, linear interpolation at rank 9.0 (0-based): the 10th smallest.
+    assert row["geodesic_p90"] == pytest.approx(sorted(err)[9], abs=1e-3)
     assert report.rows[1]["geodesic_mean"] == row["geodesic_mean"]  # same model, two refs
 
     with open(tmp_path / "out" / "results.csv") as f:
@@ -250,6 +252,9 @@ def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_
     assert len(rows) == 4 and float(rows[0]["geodesic_mean"]) == pytest.approx(row["geodesic_mean"])
     md = (tmp_path / "out" / "results.md").read_text()
     assert "AFLW2000 protocol" in md and "| tiny-head/1 | fa | 11 |" in md
+    header, first = md.splitlines()[2], md.splitlines()[4]
+    assert "geodesic p90" in header.split("|")[11]
+    assert first.split("|")[11].strip() == f"{row['geodesic_p90']:.2f}"
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(report.run_ids["tiny-head@candidate"])
@@ -294,3 +299,187 @@ def test_report_errors_name_the_option(store, labelled_set, tmp_path):
         evaluate.run_evaluation(
             ["tiny-head@candidate"], str(tmp_path / "missing"), tracking_uri=uri, out=tmp_path
         )
+
+
+# --------------------------------------------------------------------------- render settings
+
+
+def test_render_settings_command_line_then_training_run_then_defaults():
+    recorded = {
+        "a@candidate": {},
+        "b@candidate": {
+            "renderer": "procedural",
+            "renderer_options": {"lighting": "frontal", "image_size": 99},
+            "identities": (5, 9),
+        },
+    }
+    refs = ["a@candidate", "b@candidate"]
+    r = evaluate.resolve_render_settings(refs, [32, 48], recorded=recorded)
+    # The first model that recorded a value gives it; the render size is the largest input size.
+    assert (r.renderer, r.renderer_options, r.image_size, r.identities) == (
+        "procedural",
+        {"lighting": "frontal"},
+        48,
+        (5, 9),
+    )
+    assert r.origin == {
+        "renderer": "training run of b@candidate",
+        "renderer_options": "training run of b@candidate",
+        "image_size": "model config",
+        "identities": "training run of b@candidate",
+    }
+    r = evaluate.resolve_render_settings(
+        refs,
+        [32],
+        recorded=recorded,
+        renderer_options={"background": "grey"},
+        image_size=24,
+        identities=(100, 102),
+    )
+    assert (r.renderer_options, r.image_size, r.identities) == (
+        {"background": "grey"},
+        24,
+        (100, 102),
+    )
+    assert set(r.origin.values()) == {"command line", "training run of b@candidate"}
+    r = evaluate.resolve_render_settings(["a@candidate"], [32], recorded=recorded)
+    assert (r.renderer, r.renderer_options, r.identities) == (
+        "procedural",
+        {},
+        (2_000_000, 2_100_000),
+    )
+    assert r.describe() == (
+        "renderer procedural, 32 px, identities [2000000, 2100000) (renderer, renderer_options, "
+        "identities from default; image_size from model config)"
+    )
+    with pytest.raises(ValueError, match="--identities"):
+        evaluate.resolve_render_settings(refs, [32], identities=(7, 8))
+    with pytest.raises(ValueError, match="--renderer.*nope"):
+        evaluate.resolve_render_settings(refs, [32], renderer="nope")
+
+
+@pytest.fixture(scope="module")
+def recorded_model(store):
+    """The tiny model registered again as tiny-trained@candidate from a run that logged the
+    training parameters evaluate reads back (as run_recipe and train_baseline log them)."""
+    import json
+
+    import mlflow
+
+    from clerf_ray import registry
+
+    uri, model = store
+    registry.setup(uri, "train")
+    with mlflow.start_run() as run:
+        mlflow.log_params(
+            {
+                "data.renderer": "procedural",
+                "data.renderer_options": json.dumps({}),
+                "data.image_size": 32,
+                "eval.identities": json.dumps([2_000_700, 2_000_702]),
+            }
+        )
+        src = registry.log_model(model, "pose_model")
+    registry.register("tiny-trained", src, run.info.run_id)
+    return "tiny-trained@candidate"
+
+
+def test_recorded_render_settings_read_the_training_run(store, recorded_model):
+    from clerf_ray import registry
+
+    registry.setup(store[0])
+    assert evaluate.recorded_render_settings(recorded_model) == {
+        "renderer": "procedural",
+        "renderer_options": {},
+        "identities": (2_000_700, 2_000_702),
+    }
+    assert evaluate.recorded_render_settings("tiny-head@candidate") == {}  # run logged no params
+
+
+def test_cli_evaluate_on_synthetic_renders_with_sa(
+    ray_cluster, store, recorded_model, tmp_path, capsys
+):
+    """`clerf evaluate --data synthetic` end to end: renders of the identities the training run
+    recorded, at the size and with the options given on the command line, standard and SA."""
+    from clerf_ray.cli import main
+    from clerf_ray.render import make_renderer
+
+    uri, model = store
+    out = tmp_path / "eval"
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            recorded_model,
+            "--data",
+            "synthetic",
+            "--variants",
+            "standard,sa",
+            "--num-samples",
+            "8",
+            "--seed",
+            "3",
+            "--image-size",
+            "24",
+            "--renderer-option",
+            "lighting=frontal",
+            "--renderer-option",
+            "background=grey",
+            "--no-plots",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"| {recorded_model} | sa | 8 |" in printed
+
+    md = (out / "results.md").read_text()
+    assert "Evaluation on `synthetic`, 8 samples" in md
+    assert (
+        "Renders: renderer procedural {'lighting': 'frontal', 'background': 'grey'}, 24 px, "
+        "identities [2000700, 2000702) (renderer, identities from training run of "
+        "tiny-trained@candidate; renderer_options, image_size from command line)."
+    ) in md
+
+    # The set those settings describe: with frontal light and a grey background a render
+    # depends only on identity and pose, so every image must be one of the two recorded
+    # identities drawn at its label, and both identities must occur (two per pair).
+    base = evaluate.synthetic_set(
+        8,
+        24,
+        seed=3,
+        identities=(2_000_700, 2_000_702),
+        renderer_options={"lighting": "frontal", "background": "grey"},
+    )
+    r = make_renderer("procedural", image_size=24, lighting="frontal", background="grey")
+    diffs = np.stack(
+        [
+            np.abs(r.render(np.full(8, i), base.R).astype(float) - base.images).mean(axis=(1, 2, 3))
+            for i in (2_000_700, 2_000_701)
+        ]
+    )
+    assert (diffs.min(axis=0) < 1.0).all() and (diffs.max(axis=0) > 5.0).all()
+    assert set(diffs.argmin(axis=0)) == {0, 1}
+
+    # Expected errors from the model run directly on those images and on their SA variant.
+    with open(out / "results.csv") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    for variant in ("standard", "sa"):
+        vset = evaluate.make_variant(base, variant, seed=3)
+        with torch_no_grad():
+            pred = model(model.preprocess(vset.images)).double().numpy()
+        err = [_geo(p, t) for p, t in zip(pred, vset.R, strict=True)]
+        assert float(rows[variant]["geodesic_mean"]) == pytest.approx(np.mean(err), abs=1e-3)
+        assert float(rows[variant]["geodesic_p90"]) == pytest.approx(
+            np.percentile(err, 90), abs=1e-3
+        )
+        assert int(rows[variant]["n"]) == 8
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
