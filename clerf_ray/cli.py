@@ -228,12 +228,24 @@ def _evaluate(ns: argparse.Namespace) -> int:
     help="head pose of images: one JSON line per image (file, pitch, yaw, roll in degrees, R)",
     args=[
         arg("inputs", nargs="+", help="image files, directories or s3:// prefixes"),
-        arg("--model", default="clerf-head@champion", help="registered model (name@alias)"),
-        arg("--out", default=None, help="folder for the images with the pose axes drawn"),
+        arg(
+            "--model",
+            default="clerf-head@champion",
+            help="registered model, name@alias or name/version (default clerf-head@champion, "
+            "which `clerf promote` sets; training registers clerf-head@candidate)",
+        ),
+        arg(
+            "--out",
+            default=None,
+            help="folder for the images with the pose axes drawn (NAME_pose.png; inputs with "
+            "the same name keep their parent folders, x__NAME_pose.png)",
+        ),
         arg(
             "--boxes",
             default=None,
-            help="JSON {file: [x0, y0, x1, y1]} or CSV file,x0,y0,x1,y1 of face boxes in whole images",
+            help="JSON {file: [x0, y0, x1, y1]} or CSV file,x0,y0,x1,y1 of face boxes in whole "
+            "images (keyed by path or base name); every input then needs a box, one without "
+            "is reported as failed",
         ),
         arg("--tracking-uri", default=None, help="MLflow tracking URI"),
         arg("--num-actors", type=int, default=1, help="Ray Data predictor actors (directories)"),

@@ -7,10 +7,12 @@ One JSON line per image on standard output::
 ``pitch``, ``yaw``, ``roll`` are degrees in the dataset convention (``geometry.matrix_to_euler``
 of ``R``: ``R = Rz(roll) Ry(yaw) Rx(pitch)``, yaw > 0 turns the nose toward the image's left);
 ``R`` is the 3x3 label, row-major nested lists. Inputs are face crops, or whole images with a
-boxes file (``file -> x0, y0, x1, y1`` pixels, x1 and y1 exclusive). Files given one by one run
+boxes file (``file -> x0, y0, x1, y1`` pixels, x1 and y1 exclusive; with one, an input without a
+box fails rather than being taken for a crop). Files given one by one run
 in this process; a directory or an ``s3://`` prefix goes through Ray Data batch inference
 (``read_binary_files`` then ``map_batches`` with :class:`PosePredictor` actors). A file that
-cannot be decoded is reported on standard error and skipped; the others go on.
+cannot be decoded is reported on standard error and skipped; the others go on. With ``--out``
+the annotated images are named by :func:`out_names` (unique even for same-named inputs).
 """
 
 from __future__ import annotations
@@ -134,10 +136,53 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def out_name(file: str) -> str:
-    """Output PNG name for an input: its base name with ``.png``."""
-    name = file.rstrip("/").rsplit("/", 1)[-1]
-    return Path(name).stem + "_pose.png"
+def _parts(file: str) -> list[str]:
+    # Path components without a URL scheme or empty parts: "s3://b/x/a.jpg" -> [b, x, a.jpg].
+    return [p for p in file.split("://", 1)[-1].split("/") if p and p != "."]
+
+
+def out_names(files: list[str]) -> list[str]:
+    """Output PNG names (``--out``) for inputs, one per file, all different.
+
+    A file's name is its base name's stem with ``_pose.png`` (``dir/a.jpg`` -> ``a_pose.png``).
+    Files whose names would clash take as many parent folders as tell them apart, joined by
+    ``__`` (``x/a.jpg``, ``y/a.jpg`` -> ``x__a_pose.png``, ``y__a_pose.png``); then their full
+    name with its extension (``a.jpg``, ``a.png`` -> ``a.jpg_pose.png``, ``a.png_pose.png``);
+    a file given twice gets a counter (``a_pose-2.png``).
+    """
+    parts = [_parts(f) or [f] for f in files]
+    depth = [1] * len(files)
+    full = [False] * len(files)
+
+    def candidate(i: int) -> str:
+        p = parts[i][-depth[i] :]
+        last = p[-1] if full[i] else Path(p[-1]).stem
+        return "__".join([*p[:-1], last])
+
+    while True:
+        names = [candidate(i) for i in range(len(files))]
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n, []).append(i)
+        changed = False
+        for members in groups.values():
+            # The same path given twice is told apart by the counter below.
+            if len({tuple(parts[i]) for i in members}) < 2:
+                continue
+            for i in members:
+                if depth[i] < len(parts[i]):
+                    depth[i] += 1
+                    changed = True
+                elif not full[i]:
+                    full[i] = changed = True
+        if not changed:
+            break
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(f"{n}_pose.png" if seen[n] == 1 else f"{n}_pose-{seen[n]}.png")
+    return out
 
 
 # --------------------------------------------------------------------------- model transport
@@ -169,7 +214,8 @@ class PosePredictor:
 
     Args:
         model: a ``PoseModel``, or its files as :func:`model_files` gives them (for actors).
-        boxes: face boxes by file (:func:`read_boxes`); None: inputs are face crops.
+        boxes: face boxes by file (:func:`read_boxes`); None: inputs are face crops. When
+            given, every input is a whole image, and one without a box is an error row.
         draw: also return the annotated images.
         torch_threads: intra-op threads (actors: one per reserved CPU); None leaves torch's.
         use_gpu: move the model to the GPU Ray gave this actor (``num_gpus`` > 0).
@@ -190,7 +236,7 @@ class PosePredictor:
         self.model = model_from_files(model) if isinstance(model, dict) else model
         if use_gpu:
             self.model = self.model.to("cuda")
-        self.boxes = boxes or {}
+        self.boxes = boxes
         self.draw = draw
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,6 +249,14 @@ class PosePredictor:
             try:
                 image = decode(bytes(data), file)
                 box = box_for(file, self.boxes)
+                if self.boxes is not None and box is None:
+                    # With --boxes every input is a whole image: running the model on one as if
+                    # it were a face crop would print a confident, meaningless pose.
+                    raise ValueError(
+                        f"{file}: no face box for it in --boxes (looked up as {file!r} and as "
+                        f"{file.rsplit('/', 1)[-1]!r}); add one, or predict face crops without "
+                        "--boxes"
+                    )
                 face = crop(image, box, file)
             except ValueError as e:
                 errors[i] = str(e)
@@ -235,6 +289,61 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- driver
+
+
+def load_model_ref(ref: str):
+    """``registry.load_registered(ref)``, with a way out when an alias is missing.
+
+    Training registers new versions under the alias ``candidate`` only; ``champion`` (this
+    command's default) exists once ``clerf promote`` has set it. So a missing alias of a model
+    that exists is reported with its aliases and versions and the two ways on.
+
+    Raises:
+        LookupError: the model or alias is not in the registry (the message says what to do).
+    """
+    from clerf_ray import registry
+
+    try:
+        return registry.load_registered(ref)
+    except LookupError as e:
+        name, alias, _ = registry.parse_model_ref(ref)
+        if alias is None:
+            raise
+        hint = _alias_hint(name, alias)
+        if hint is None:
+            raise
+        raise LookupError(f"{e}\n{hint}") from None
+
+
+def _alias_hint(name: str, alias: str) -> str | None:
+    """What to do when model ``name`` exists without ``alias``; None when the model is absent."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+        versions = sorted(
+            (int(v.version) for v in client.search_model_versions(f"name='{name}'")), reverse=True
+        )
+    except MlflowException:
+        return None
+    aliases = dict(model.aliases or {})
+    have = ", ".join(f"{a} -> version {v}" for a, v in sorted(aliases.items())) or "none"
+    latest = versions[0] if versions else "VERSION"
+    other = "candidate" if "candidate" in aliases and alias != "candidate" else None
+    lines = [
+        f"{name} has no version with the alias {alias!r} (its aliases: {have}). "
+        "Training sets only 'candidate'.",
+        f"Run `clerf promote {name} {aliases.get('candidate', latest)}"
+        + ("" if alias == "champion" else f" --alias {alias}")
+        + f"` to point {alias!r} at a version",
+    ]
+    if other:
+        lines[-1] += f", or pass --model {name}@{other}"
+    else:
+        lines[-1] += f", or pass --model {name}/{latest}"
+    return "\n".join(lines) + "."
 
 
 @dataclass
@@ -355,7 +464,7 @@ def run_predict(
         return 2
     boxes = read_boxes(boxes_path) if boxes_path else None
     registry.setup(tracking_uri)
-    model = registry.load_registered(model_ref)
+    model = load_model_ref(model_ref)
     singles, prefixes = list_inputs(paths)
     results: list[Outcome] = []
     missing = [p for p in singles if not Path(p).exists()]
@@ -378,15 +487,19 @@ def run_predict(
             )
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for r in results:
+    names = out_names([r.file for r in results])
+    failed = written = 0
+    for r, name in zip(results, names, strict=True):
         if r.R is None:
             failed += 1
             print(f"clerf predict: {r.error}", file=stderr)
             continue
         print(json.dumps(record(r.file, r.R)), file=stdout, flush=True)
         if out and r.annotated:
-            (Path(out) / out_name(r.file)).write_bytes(r.annotated)
+            (Path(out) / name).write_bytes(r.annotated)
+            written += 1
+    if written:
+        print(f"clerf predict: wrote {written} image(s) with the pose axes to {out}", file=stderr)
     if failed:
         print(f"clerf predict: {failed} of {len(results)} input(s) failed", file=stderr)
     return 1 if failed else 0
