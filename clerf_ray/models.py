@@ -81,23 +81,40 @@ class EncoderConfig:
             raise ValueError(f"pretrained must be None, 'hub' or a path, got {self.pretrained!r}")
 
 
+HEAD_INPUTS = ("embedding", "features")
+
+
 @dataclass
 class HeadConfig:
     """Pose head settings.
 
     Attributes:
-        in_dim: input size (the encoder's ``embedding_dim``).
+        in_dim: input size: the encoder's ``embedding_dim`` for ``input="embedding"``, its
+            ``num_features`` for ``input="features"`` (see :func:`head_input_dim`).
         hidden: widths of the hidden layers of the MLP (ReLU between layers).
+        input: what of the encoder the head reads: ``"embedding"`` (the L2-normalised
+            projection that Circle Loss trains) or ``"features"`` (the pooled backbone features
+            under the projection, which keep more of the pose: the projection is trained to be
+            invariant to what the loss ignores).
+        standardize: standardise each input dimension with the mean and standard deviation of
+            the head's training inputs (buffers ``input_mean`` / ``input_std``, saved with the
+            weights) before the MLP.
     """
 
     in_dim: int = 128
     hidden: tuple[int, ...] = (256, 256)
+    input: str = "embedding"
+    standardize: bool = False
 
     def __post_init__(self):
         _check_int("in_dim", self.in_dim, 1)
         self.hidden = tuple(self.hidden)
         for i, h in enumerate(self.hidden):
             _check_int(f"hidden[{i}]", h, 1)
+        if self.input not in HEAD_INPUTS:
+            raise ValueError(f"input must be one of {HEAD_INPUTS}, got {self.input!r}")
+        if not isinstance(self.standardize, bool):
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -107,7 +124,14 @@ def _check_int(name: str, value, low: int) -> None:
 
 # Attribute names of other config objects (e.g. clerf_ray.config.ModelSection) that mean a field
 # of ours: the head's input is the encoder's embedding, its hidden widths are `head_hidden`.
-_ALIASES = {HeadConfig: {"in_dim": "embedding_dim", "hidden": "head_hidden"}}
+_ALIASES = {
+    HeadConfig: {
+        "in_dim": "embedding_dim",
+        "hidden": "head_hidden",
+        "input": "head_input",
+        "standardize": "head_standardize",
+    }
+}
 
 
 def _resolve(kind: type, cfg: Any, kwargs: dict[str, Any]):
@@ -387,22 +411,86 @@ class PoseHead(nn.Module):
     (``R = Rz(roll) Ry(yaw) Rx(pitch)``).
 
     Args:
-        in_dim: input size (the encoder's embedding dimension).
+        in_dim: input size (see :class:`HeadConfig`).
         hidden: hidden layer widths.
+        input: ``"embedding"`` or ``"features"``: which output of the encoder the head reads
+            (:class:`PoseModel` feeds it accordingly).
+        standardize: subtract ``input_mean`` and divide by ``input_std`` (persistent buffers,
+            identity until :meth:`set_input_stats` is called) before the MLP.
     """
 
-    def __init__(self, in_dim: int = 128, hidden: Sequence[int] = (256, 256)):
+    def __init__(
+        self,
+        in_dim: int = 128,
+        hidden: Sequence[int] = (256, 256),
+        input: str = "embedding",
+        standardize: bool = False,
+    ):
         super().__init__()
-        self.config = HeadConfig(in_dim=in_dim, hidden=tuple(hidden))
+        self.config = HeadConfig(
+            in_dim=in_dim, hidden=tuple(hidden), input=input, standardize=standardize
+        )
         self.mlp = _mlp([in_dim, *self.config.hidden, 6])
         self.register_buffer("offset", torch.tensor(_IDENTITY_6D), persistent=False)
+        if standardize:
+            self.register_buffer("input_mean", torch.zeros(in_dim))
+            self.register_buffer("input_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, mean, std, min_std: float = 1e-6) -> None:
+        """Set the standardisation of the inputs (per dimension; ``std`` floored at
+        ``min_std`` so that a constant input dimension stays finite)."""
+        if not self.config.standardize:
+            raise ValueError("set_input_stats: this head was built with standardize=False")
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
+        std = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1)
+        if mean.shape != self.input_mean.shape or std.shape != self.input_std.shape:
+            raise ValueError(
+                f"set_input_stats: expected {self.config.in_dim} values each, got "
+                f"{tuple(mean.shape)} and {tuple(std.shape)}"
+            )
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("set_input_stats: mean and std must be finite")
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(min_std))
 
     def forward_6d(self, z: torch.Tensor) -> torch.Tensor:
         """The 6D representation (B, 6): first then second column before Gram-Schmidt."""
+        if self.config.standardize:
+            z = (z - self.input_mean) / self.input_std
         return self.mlp(z) + self.offset
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return geometry.rotation_6d_to_matrix(self.forward_6d(z))
+
+
+def input_stats(batches) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (population) of row vectors arriving in
+    batches (iterable of (n, d) arrays), accumulated in float64 over shifted values so that
+    one pass is numerically safe. Written here because the inputs are vector columns of a Ray
+    dataset, whose built-in aggregations (``Dataset.mean``/``std``) reduce scalar columns."""
+    n, shift, s1, s2 = 0, None, None, None
+    for b in batches:
+        b = np.asarray(b, dtype=np.float64)
+        if len(b) == 0:
+            continue
+        b = b.reshape(len(b), -1)
+        if shift is None:
+            shift, s1, s2 = b[0].copy(), np.zeros(b.shape[1]), np.zeros(b.shape[1])
+        d = b - shift
+        n, s1, s2 = n + len(b), s1 + d.sum(0), s2 + (d * d).sum(0)
+    if n == 0:
+        raise ValueError("input_stats: no rows")
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean * mean, 0.0)
+    return (shift + mean).astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def head_input_dim(encoder: Encoder, input: str) -> int:
+    """Width of what a head with ``input`` reads from ``encoder``."""
+    if input not in HEAD_INPUTS:
+        raise ValueError(f"head input must be one of {HEAD_INPUTS}, got {input!r}")
+    return encoder.num_features if input == "features" else encoder.embedding_dim
 
 
 VIEWS = (1, 2, 8)
@@ -449,9 +537,12 @@ class PoseModel(nn.Module):
         self, encoder: Encoder, head: PoseHead, freeze_encoder: bool = True, views: int = 1
     ):
         super().__init__()
-        if head.config.in_dim != encoder.embedding_dim:
+        want = head_input_dim(encoder, head.config.input)
+        if head.config.in_dim != want:
+            what = "num_features" if head.config.input == "features" else "embedding_dim"
             raise ValueError(
-                f"head in_dim {head.config.in_dim} != encoder embedding_dim {encoder.embedding_dim}"
+                f"head in_dim {head.config.in_dim} != encoder {what} {want} "
+                f"(the head reads the encoder's {head.config.input})"
             )
         if views not in VIEWS:
             raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
@@ -473,12 +564,18 @@ class PoseModel(nn.Module):
         """See :meth:`Encoder.preprocess`."""
         return self.encoder.preprocess(images)
 
+    def head_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the encoder's embedding or its pooled features."""
+        if self.head.config.input == "features":
+            return self.encoder.features(images)
+        return self.encoder(images)
+
     def _single(self, images: torch.Tensor) -> torch.Tensor:
         if self.freeze_encoder:
             with torch.no_grad():
-                z = self.encoder(images)
+                z = self.head_input(images)
         else:
-            z = self.encoder(images)
+            z = self.head_input(images)
         return self.head(z)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -510,6 +607,13 @@ def create_head(cfg: HeadConfig | Mapping | Any | None = None, **kwargs) -> Pose
     ``hidden`` (or ``embedding_dim`` / ``head_hidden``, as ``ModelSection``), or keywords."""
     c = _resolve(HeadConfig, cfg, kwargs)
     return PoseHead(**dataclasses.asdict(c))
+
+
+def create_head_for(encoder: Encoder, cfg: HeadConfig | Mapping | Any | None = None, **kwargs):
+    """A :class:`PoseHead` for ``encoder``: as :func:`create_head`, with ``in_dim`` set to the
+    width of what the head reads from this encoder (its features or its embedding)."""
+    c = _resolve(HeadConfig, cfg, kwargs)
+    return PoseHead(**{**dataclasses.asdict(c), "in_dim": head_input_dim(encoder, c.input)})
 
 
 @dataclass

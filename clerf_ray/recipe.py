@@ -105,7 +105,7 @@ def train_head_stage(cfg: Config, encoder, name: str):
     Returns:
         ``(PoseModel, StageResult)``.
     """
-    from clerf_ray.models import PoseModel, create_head
+    from clerf_ray.models import PoseModel, create_head_for, input_stats
     from clerf_ray.train.head import build_head_embeddings, head_loop
     from clerf_ray.train.runner import run_stage
 
@@ -115,6 +115,14 @@ def train_head_stage(cfg: Config, encoder, name: str):
     embeddings = build_head_embeddings(cfg, encoder.state_dict())
     n = embeddings.count()
     log(f"embedded {n} images in {time.monotonic() - t0:.0f}s")
+    head = create_head_for(encoder, cfg.model)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "num_samples": n}
+    loop_config["in_dim"] = head.config.in_dim
+    if head.config.standardize:
+        mean, std = input_stats(
+            b["z"] for b in embeddings.iter_batches(batch_size=4096, batch_format="numpy")
+        )
+        loop_config.update(input_mean=mean.tolist(), input_std=std.tolist())
     log(
         f"training the pose head for {cfg.head.epochs} epochs of {cfg.head.passes} passes "
         "on the cached embeddings"
@@ -122,7 +130,7 @@ def train_head_stage(cfg: Config, encoder, name: str):
     stage = run_stage(
         stage="head",
         loop=head_loop,
-        loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
+        loop_config=loop_config,
         section=cfg.head,
         # One materialised dataset; each epoch reads its blocks in a new order.
         datasets={
@@ -133,7 +141,6 @@ def train_head_stage(cfg: Config, encoder, name: str):
         name=f"{name}-head",
     )
     log_history("head", stage.history)
-    head = create_head(cfg.model)
     head.load_state_dict(stage.state["model"])
     return PoseModel(encoder, head, freeze_encoder=True, views=cfg.head.views).eval(), stage
 

@@ -20,6 +20,8 @@ from clerf_ray.models import (
     PoseModel,
     create_encoder,
     create_head,
+    create_head_for,
+    input_stats,
     load_model,
     save_model,
 )
@@ -162,6 +164,50 @@ def test_pose_model_keeps_a_frozen_encoder_frozen(images):
 def test_pose_model_checks_dimensions():
     with pytest.raises(ValueError, match="in_dim"):
         PoseModel(create_encoder(**SMALL), create_head(in_dim=8))
+    with pytest.raises(ValueError, match="num_features 512"):
+        PoseModel(create_encoder(**SMALL), create_head(in_dim=16, input="features"))
+
+
+def test_features_head_reads_the_pooled_backbone_output_standardised(images):
+    """A head with ``input="features"`` gets the backbone's pooled output (not the projection),
+    standardised by its buffers: the same MLP weights on hand-standardised features agree."""
+    torch.manual_seed(8)
+    enc = create_encoder(**SMALL).eval()
+    head = create_head_for(enc, hidden=(24,), input="features", standardize=True)
+    assert head.config.in_dim == 512
+    mean, std = torch.randn(512), torch.rand(512) + 0.5
+    head.set_input_stats(mean.numpy(), std.numpy())
+    model = PoseModel(enc, head, freeze_encoder=True).eval()
+    x = model.preprocess(images)
+    plain = create_head(in_dim=512, hidden=(24,))
+    plain.mlp.load_state_dict(head.mlp.state_dict())
+    with torch.no_grad():
+        expected = plain((enc.backbone(x) - mean) / std)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+        # Not the embedding path: the projection's output gives something else.
+        other = create_head(in_dim=16, hidden=(24,))
+        assert not torch.allclose(model(x), other(enc(x)), atol=1e-3)
+    with pytest.raises(ValueError, match="512 values"):
+        head.set_input_stats(np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match="standardize=False"):
+        plain.set_input_stats(np.zeros(512), np.ones(512))
+    # A constant input dimension (std 0) is floored, so the head stays finite.
+    head.set_input_stats(np.zeros(512), np.zeros(512))
+    assert torch.isfinite(model(x)).all()
+
+
+def test_input_stats_match_numpy_over_concatenated_batches():
+    rng = np.random.default_rng(4)
+    # A large common offset: naive sums of squares in float32 would lose the spread.
+    rows = 1e4 + rng.normal(size=(1000, 7)) * np.arange(1, 8)
+    rows[:, 3] = 5.0  # a constant column
+    batches = [rows[:1], rows[1:300], rows[300:300], rows[300:]]
+    mean, std = input_stats(batches)
+    np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, rows.std(0), rtol=1e-4, atol=1e-6)
+    assert std[3] == 0.0
+    with pytest.raises(ValueError, match="no rows"):
+        input_stats([])
 
 
 # --------------------------------------------------------------------------- factories and configs
@@ -179,11 +225,16 @@ def test_factories_accept_configs_mappings_keywords_and_model_section():
     assert EncoderConfig().backbone == "resnet10t" and EncoderConfig().image_size == 64
     assert HeadConfig() == HeadConfig(in_dim=128, hidden=(256, 256))
 
-    section = ModelSection(backbone="resnet10t", embedding_dim=24, head_hidden=(40,))
+    section = ModelSection(
+        backbone="resnet10t", embedding_dim=24, head_hidden=(40,), head_input="embedding"
+    )
     enc = create_encoder(section, image_size=32)
     assert enc.embedding_dim == 24 and enc.config.projection_hidden == section.projection_hidden
     head = create_head(section)
-    assert head.config == HeadConfig(in_dim=24, hidden=(40,))
+    assert head.config == HeadConfig(in_dim=24, hidden=(40,), input="embedding", standardize=True)
+    # The default section: the head reads the pooled features, whose width is the backbone's.
+    head = create_head_for(enc, ModelSection(head_hidden=(40,)))
+    assert head.config == HeadConfig(in_dim=512, hidden=(40,), input="features", standardize=True)
 
     with pytest.raises(TypeError, match="embeding_dim"):
         create_encoder(embeding_dim=8)
@@ -193,6 +244,8 @@ def test_factories_accept_configs_mappings_keywords_and_model_section():
         EncoderConfig(embedding_dim=0)
     with pytest.raises(ValueError, match=r"hidden\[1\]"):
         HeadConfig(hidden=(8, -1))
+    with pytest.raises(ValueError, match="input must be one of"):
+        HeadConfig(input="logits")
 
 
 # --------------------------------------------------------------------------- pretrained weights
@@ -370,6 +423,32 @@ def test_save_load_head_and_pose_model_roundtrip(tmp_path, images):
     meta, loaded = _roundtrip_check(model, tmp_path / "p", model.preprocess(images))
     assert meta["kind"] == "pose_model" and loaded.freeze_encoder
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
+    # A features head keeps its input choice and its standardisation through save and load.
+    enc = create_encoder(**SMALL)
+    fhead = create_head_for(enc, hidden=(24,), input="features", standardize=True)
+    fhead.set_input_stats(np.linspace(-1, 1, 512), np.linspace(0.5, 2, 512))
+    model = PoseModel(enc, fhead, freeze_encoder=True)
+    meta, loaded = _roundtrip_check(model, tmp_path / "f", model.preprocess(images))
+    assert meta["head"]["input"] == "features" and meta["head"]["standardize"] is True
+    assert loaded.head.config == fhead.config
+    torch.testing.assert_close(loaded.head.input_std, fhead.input_std)
+
+
+def test_models_saved_before_head_inputs_existed_load_as_embedding_heads(tmp_path, images):
+    """A config.json without the head's ``input``/``standardize`` (written by earlier versions)
+    loads as a head on the embedding, without standardisation, and predicts as before."""
+    torch.manual_seed(7)
+    model = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=True).eval()
+    save_model(model, None, str(tmp_path / "old"))
+    cfg_path = tmp_path / "old" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    del meta["head"]["input"], meta["head"]["standardize"]
+    cfg_path.write_text(json.dumps(meta))
+    loaded = load_model(str(tmp_path / "old"))
+    assert loaded.head.config.input == "embedding" and not loaded.head.config.standardize
+    x = model.preprocess(images)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_saved_encoder_keeps_pretrained_record_without_reloading_it(tmp_path):

@@ -23,8 +23,9 @@ from clerf_ray.train import common
 
 
 class EmbedImages:
-    """Ray Data callable class: ``image`` (B, H, W, 3) uint8 -> ``z`` (B, D) float32 embeddings
-    of the frozen encoder; ``R`` passes through."""
+    """Ray Data callable class: ``image`` (B, H, W, 3) uint8 -> ``z`` (B, D) float32, what the
+    head reads from the frozen encoder (``model.head_input``: pooled features or the
+    embedding); ``R`` passes through."""
 
     def __init__(
         self,
@@ -42,10 +43,12 @@ class EmbedImages:
         self.encoder = create_encoder(model_cfg, image_size=image_size, pretrained=None)
         self.encoder.load_state_dict(encoder_state)
         self.encoder.to(self.device).eval().requires_grad_(False)
+        self.features = getattr(model_cfg, "head_input", "embedding") == "features"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            z = self.encoder(self.encoder.preprocess(batch["image"]))
+            x = self.encoder.preprocess(batch["image"])
+            z = self.encoder.features(x) if self.features else self.encoder(x)
         return {
             "z": z.float().cpu().numpy(),
             "R": np.asarray(batch["R"], dtype=np.float32).reshape(-1, 3, 3),
@@ -54,7 +57,8 @@ class EmbedImages:
 
 def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None):
     """The head stage's training set: a materialised ``ray.data.Dataset`` with columns ``z``
-    (embedding) and ``R`` (3x3 label), one row per labelled image.
+    (the head's input: pooled features or embedding, by ``model.head_input``) and ``R`` (3x3
+    label), one row per labelled image.
 
     Args:
         cfg: the run's :class:`clerf_ray.config.Config`.
@@ -95,7 +99,9 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the head stage, on embedding datasets (``z``, ``R``) from
     :func:`build_head_embeddings`.
 
-    ``config``: ``{"cfg": Config dict, "num_samples": rows of the embedding dataset}``.
+    ``config``: ``{"cfg": Config dict, "num_samples": rows of the embedding dataset,
+    "in_dim": width of ``z``, "input_mean"/"input_std": per-dimension statistics of ``z``
+    (with ``model.head_standardize``)}``.
     """
     import ray.train
     import ray.train.torch
@@ -110,7 +116,10 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
     common.seed_everything(cfg.seed + 1000 + ray.train.get_context().get_world_rank())
     device = ray.train.torch.get_device()
 
-    head = ray.train.torch.prepare_model(create_head(cfg.model))
+    head = create_head(cfg.model, in_dim=int(config["in_dim"]))
+    if head.config.standardize:
+        head.set_input_stats(config["input_mean"], config["input_std"])
+    head = ray.train.torch.prepare_model(head)
     per_worker, steps = common.global_batches(int(config["num_samples"]), h.batch_size, world)
     optimizer = torch.optim.AdamW(head.parameters(), lr=h.lr, weight_decay=h.weight_decay)
 

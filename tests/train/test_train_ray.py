@@ -252,13 +252,15 @@ def _labelled_dataset(n: int, size: int, seed: int, poison: int | None = None):
     )
 
 
-def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path):
-    """The encoder actors' embeddings, with their labels, are what the encoder gives each image
-    in this process (rows are matched through their labels, whatever order Ray returns)."""
+@pytest.mark.parametrize("head_input", ["features", "embedding"])
+def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path, head_input):
+    """The encoder actors' outputs, with their labels, are what the encoder gives each image in
+    this process: the backbone's pooled features or the unit embedding, by ``model.head_input``
+    (rows are matched through their labels, whatever order Ray returns)."""
     from clerf_ray.models import create_encoder
     from clerf_ray.train.head import build_head_embeddings
 
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, f"model.head_input={head_input}")
     torch.manual_seed(3)
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None).eval()
     n = 24
@@ -271,10 +273,15 @@ def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path):
     with torch.no_grad():
         for row in rows:
             image = by_label[np.round(row["R"], 5).tobytes()]
-            z = encoder(encoder.preprocess(image)).numpy()[0]
-            assert row["z"].shape == (cfg.model.embedding_dim,)
+            x = encoder.preprocess(image)
+            if head_input == "features":
+                z = encoder.backbone(x).numpy()[0]
+                assert row["z"].shape == (512,)  # resnet10t's pooled width
+            else:
+                z = encoder(x).numpy()[0]
+                assert row["z"].shape == (cfg.model.embedding_dim,)
+                assert np.linalg.norm(row["z"]) == pytest.approx(1.0, abs=1e-5)
             np.testing.assert_allclose(row["z"], z, atol=1e-5)
-            assert np.linalg.norm(row["z"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
@@ -291,7 +298,13 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cl
         run_stage(
             stage="head",
             loop=_recording(head_loop, str(out)),
-            loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
+            loop_config={
+                "cfg": cfg.model_dump(mode="json"),
+                "num_samples": n,
+                "in_dim": encoder.num_features,
+                "input_mean": [0.0] * encoder.num_features,
+                "input_std": [1.0] * encoder.num_features,
+            },
             section=cfg.head,
             datasets={
                 "epoch_0": build_head_embeddings(cfg, state, _labelled_dataset(n, 32, seed=1)),
