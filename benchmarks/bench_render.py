@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import time
 
 import numpy as np
@@ -57,8 +58,19 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--cores",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pin the process to these CPU cores (default: core 0 when --threads is 1, so a "
+        "one-core figure is one core, not one thread wandering over all of them)",
+    )
     ns = p.parse_args(argv)
     torch.set_num_threads(ns.threads)
+    cores = ns.cores if ns.cores is not None else ([0] if ns.threads == 1 else None)
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cores))
     options = {}
     for o in ns.option:
         key, value = o.split("=", 1)
@@ -67,7 +79,8 @@ def main(argv=None) -> None:
         except (ValueError, SyntaxError):
             options[key] = value
     print(
-        f"renderer={ns.renderer} threads={ns.threads} options={options} torch={torch.__version__}"
+        f"renderer={ns.renderer} threads={ns.threads} cores={cores or 'all'} options={options} "
+        f"torch={torch.__version__}"
     )
     print(f"{'size':>6} {'batch':>6} {'images/s':>10} {'ms/image':>10} {'images/cpu-s':>13}")
     for size in ns.sizes:
