@@ -1,6 +1,15 @@
 """The supervised baseline (6DRepNet style): the same backbone and head as CLERF trained end to end
 with the geodesic loss, on CLERF's pretraining budget; registered as ``clerf-baseline@candidate``.
 
+Budget (the same config as the CLERF run it is compared with):
+  images   the pairs pretraining reads, both images of each pair as labelled samples
+           (2 x data.num_pairs per epoch); with data.pool=true (default) rendered once and
+           reused every epoch with fresh augmentation, as pretraining does
+  steps    pretrain.batch_size counts pairs, so a baseline step holds 2 x pretrain.batch_size
+           images: a CLERF step of 64 pairs embeds 128 images, and so does a baseline step;
+           steps per epoch, epochs, learning rate, schedule and time limit are pretrain's
+  not      CLERF's head stage (head.num_samples more labelled renders, frozen encoder)
+
 python jobs/train_baseline.py                                # with geometric augmentation (fa)
 python jobs/train_baseline.py data.augment=none --name clerf-baseline-noaug
 python jobs/train_baseline.py --config configs/paper.yaml --labelled data/300w_lp

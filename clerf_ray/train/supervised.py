@@ -3,11 +3,24 @@ trained end to end by direct 6D regression with the geodesic loss, on Ray Train.
 
 It answers the question the paper raises: does contrastive pretraining help on SA, FA and
 full-range poses, compared with plain supervised training on the same images? So the budget is
-CLERF's own: the baseline reads the ``pretrain`` section's optimiser settings (epochs, global
-batch, learning rate, workers, time limit) and sees per epoch the images the contrastive stage
-sees, both images of ``data.num_pairs`` rendered pairs (``2 * num_pairs`` labelled images), or a
-labelled Parquet set when one is given. ``data.augment`` sets the geometric augmentation
-(``fa`` as CLERF, ``none`` without; ``sa`` slight rotations only).
+CLERF's pretraining budget, measured in images and optimiser steps:
+
+* Images: the pairs pretraining reads (``data``: ``build_pair_dataset`` with the same seed, so
+  the same renders and augmentation draws), both images of each pair as two labelled samples
+  (anchor and positive show the same pose, so both carry the pair's label): ``2 * num_pairs``
+  images per epoch. With ``data.pool`` (the default) the pairs are rendered once and every epoch
+  reuses them with a fresh augmentation draw, exactly as pretraining does; without it every
+  epoch renders new pairs. A labelled Parquet set (``labelled_path``) replaces the renders.
+* Steps: ``pretrain.batch_size`` counts *pairs* (CLERF's unit); a CLERF step with 64 pairs
+  embeds 128 images. The baseline's global batch is therefore ``2 * pretrain.batch_size``
+  *images*, so it takes the same number of steps per epoch as pretraining, each on as many
+  images, with the same optimiser settings (``pretrain``: epochs, learning rate and schedule,
+  weight decay, workers, time limit).
+
+Not included: CLERF's head stage also fits its head on ``head.num_samples`` further labelled
+renders through the frozen encoder; the baseline has no second stage and sees only the images
+above. ``data.augment`` sets the geometric augmentation (``fa`` as CLERF, ``none`` without;
+``sa`` slight rotations only).
 
     python jobs/train_baseline.py data.augment=none           # registers clerf-baseline@candidate
 """
@@ -20,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from clerf_ray.train import common
@@ -27,12 +41,28 @@ from clerf_ray.train import common
 
 def build_baseline_model(cfg):
     """A ``PoseModel`` (encoder + head, ``freeze_encoder=False``) built from ``cfg.model`` for
-    ``cfg.data.image_size`` pixels: every parameter trains."""
-    from clerf_ray.models import PoseModel, create_encoder, create_head
+    ``cfg.data.image_size`` pixels, with ``cfg.head.views`` test-time views, as CLERF's.
+
+    The head reads what CLERF's head reads (``cfg.model.head_input``). With ``"features"`` the
+    encoder's projection is unused: it is frozen (``requires_grad=False``) so that DDP does not
+    wait for gradients that never come. Every other parameter trains.
+    """
+    from clerf_ray.models import PoseModel, create_encoder, create_head_for
 
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size)
+    # Input standardisation holds fixed statistics of a frozen encoder's outputs; this encoder
+    # trains, so the head takes its inputs as they come.
+    head = create_head_for(encoder, cfg.model, standardize=False)
+    if head.config.input == "features":
+        encoder.projection.requires_grad_(False)
     # The same test-time views as CLERF's registered head, so evaluations compare like with like.
-    return PoseModel(encoder, create_head(cfg.model), freeze_encoder=False, views=cfg.head.views)
+    return PoseModel(encoder, head, freeze_encoder=False, views=cfg.head.views)
+
+
+def baseline_batch_size(cfg) -> int:
+    """Global batch of the baseline in images: ``2 * cfg.pretrain.batch_size``, because
+    ``pretrain.batch_size`` counts pairs and a CLERF step reads both images of each pair."""
+    return 2 * cfg.pretrain.batch_size
 
 
 def num_baseline_samples(cfg, labelled_path: str | None) -> int:
@@ -44,18 +74,63 @@ def num_baseline_samples(cfg, labelled_path: str | None) -> int:
     return 2 * cfg.data.num_pairs
 
 
+def pair_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch of augmented pairs -> labelled images: the anchors, then the positives, each
+    with its pair's label ``R`` (they show the same pose)."""
+    return {
+        "image": np.concatenate([batch["anchor"], batch["positive"]]),
+        "R": np.concatenate([batch["R"], batch["R"]]).astype(np.float32),
+        "source": np.concatenate([batch["source"], batch["source"]]),
+    }
+
+
+def build_baseline_dataset(pair_cfg, epoch: int = 0, pool=None, labelled_path: str | None = None):
+    """The baseline's labelled images of one epoch as a lazy ``ray.data.Dataset``: ``image``
+    (H, W, 3) uint8, ``R`` (3, 3) float32 after augmentation, ``source``.
+
+    Args:
+        pair_cfg: the pair stream (``PairDataConfig``) that pretraining reads.
+        epoch: seeds this epoch's draws.
+        pool: rendered pairs from ``render_pool(pair_cfg)``, reused every epoch with this
+            epoch's augmentation (None: render this epoch's pairs).
+        labelled_path: a labelled Parquet set to read instead of pairs.
+    """
+    from clerf_ray.data.pairs import build_labelled_image_dataset, build_pair_dataset
+
+    if labelled_path is not None:
+        return build_labelled_image_dataset(pair_cfg, epoch, labelled_path)
+    return build_pair_dataset(pair_cfg, epoch, pool=pool).map_batches(
+        pair_images, batch_format="numpy", num_cpus=pair_cfg.stage_num_cpus
+    )
+
+
+def baseline_optimizer(model: torch.nn.Module, section) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with the ``pretrain`` section's settings."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+
+
+def baseline_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
+    """Mean geodesic loss of ``model`` on a batch of ``image`` (B, H, W, 3) uint8 and ``R``
+    (B, 3, 3) labels."""
+    from clerf_ray.losses import geodesic_loss
+
+    R = batch["R"].to(device)
+    x = common.unwrap(model).preprocess(batch["image"].to(device))
+    return geodesic_loss(model(x).float(), R)
+
+
 def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the baseline.
 
     ``config``: ``{"cfg": Config dict, "num_samples": labelled images per epoch}``. Reads the
-    ``epoch_{e}`` datasets (``build_labelled_image_dataset``: ``image`` uint8 (B, H, W, 3), ``R``
-    (B, 3, 3) labels).
+    ``epoch_{e}`` datasets (:func:`build_baseline_dataset`) in global batches of
+    :func:`baseline_batch_size` images.
     """
     import ray.train
     import ray.train.torch
 
     from clerf_ray.config import Config
-    from clerf_ray.losses import geodesic_loss
 
     cfg = Config.model_validate(config["cfg"])
     section = cfg.pretrain
@@ -65,15 +140,13 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
 
     model = ray.train.torch.prepare_model(build_baseline_model(cfg))
-    preprocess = common.unwrap(model).preprocess
-    per_worker, steps = common.global_batches(int(config["num_samples"]), section.batch_size, world)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=section.lr, weight_decay=section.weight_decay
+    per_worker, steps = common.global_batches(
+        int(config["num_samples"]), baseline_batch_size(cfg), world
     )
+    optimizer = baseline_optimizer(model, section)
 
     def loss_step(batch):
-        R = batch["R"].to(device)
-        return geodesic_loss(model(preprocess(batch["image"].to(device))).float(), R), len(R)
+        return baseline_loss(model, batch, device), len(batch["R"])
 
     return common.fit(
         stage="baseline",
@@ -109,12 +182,15 @@ def train_baseline(
     labelled_path: str | None = None,
     register: bool = True,
 ) -> BaselineResult:
-    """Train the baseline on Ray Train, evaluate it like CLERF's quick evaluation (held-out
-    identities over all of SO(3)), log it to MLflow and register it as ``model_name`` with alias
-    ``candidate`` (tags ``kind=supervised-baseline``, ``augment``).
+    """Train the baseline on Ray Train with CLERF's pretraining budget (module docstring),
+    evaluate it like CLERF's quick evaluation (held-out identities over all of SO(3)), log it to
+    MLflow and register it as ``model_name`` with alias ``candidate`` (tags
+    ``kind=supervised-baseline``, ``augment``).
 
     Args:
-        cfg: a ``clerf_ray.config.Config`` (sections used: data, model, pretrain, eval, tracking).
+        cfg: a ``clerf_ray.config.Config`` (sections used: data, model, pretrain, head.views,
+            eval, tracking). ``pretrain.batch_size`` counts pairs: the baseline's steps hold
+            twice as many images (:func:`baseline_batch_size`).
         model_name: registered model name.
         labelled_path: a labelled Parquet set (local or s3://) to train on instead of renders.
         register: register the model (else only log it).
@@ -122,36 +198,41 @@ def train_baseline(
     import mlflow
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_labelled_image_dataset
     from clerf_ray.evaluate import evaluate_model, heldout_renders
-    from clerf_ray.recipe import init_ray
+    from clerf_ray.recipe import init_ray, pretrain_pool
     from clerf_ray.train.runner import epoch_datasets, run_stage
 
     t0 = time.monotonic()
     init_ray()
     uri = registry.setup(cfg.tracking.tracking_uri, cfg.tracking.experiment)
     name = cfg.run_name or time.strftime("baseline-%Y%m%d-%H%M%S")
-    data_cfg = cfg.data.pair_config(seed=cfg.seed + 3)
+    # CLERF's own pair stream (same seed as pretraining): the same renders and draws.
+    pair_cfg = cfg.data.pair_config(seed=cfg.seed)
     n = num_baseline_samples(cfg, labelled_path)
+    batch = baseline_batch_size(cfg)
     _log(
         f"run {name}: {cfg.model.backbone} end to end, {cfg.pretrain.epochs} epochs of {n} "
-        f"labelled images, augment={cfg.data.augment}; tracking at {uri}"
+        f"labelled images in steps of {batch} images (pretrain.batch_size "
+        f"{cfg.pretrain.batch_size} pairs x 2), augment={cfg.data.augment}, "
+        f"pool={cfg.data.pool and labelled_path is None}; tracking at {uri}"
     )
     with mlflow.start_run(run_name=name) as run:
         mlflow.set_tags({"kind": "supervised-baseline", "augment": cfg.data.augment})
         mlflow.log_params(
             {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
         )
-        mlflow.log_param("baseline.labelled_path", labelled_path)
+        mlflow.log_params({"baseline.labelled_path": labelled_path, "baseline.batch_images": batch})
+        pool = None if labelled_path else pretrain_pool(cfg, pair_cfg)
         stage = run_stage(
             stage="baseline",
             loop=supervised_loop,
             loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
             section=cfg.pretrain,
             datasets=epoch_datasets(
-                build_labelled_image_dataset,
+                build_baseline_dataset,
                 cfg.pretrain.epochs,
-                cfg=data_cfg,
+                pair_cfg=pair_cfg,
+                pool=pool,
                 labelled_path=labelled_path,
             ),
             storage_path=cfg.storage_path,

@@ -1,5 +1,9 @@
-"""The supervised baseline: every parameter trains (encoder included), and a tiny run on Ray Train
-registers ``clerf-baseline@candidate`` in a real sqlite MLflow store."""
+"""The supervised baseline: every parameter it uses trains (encoder included), its budget is
+CLERF's (the pretraining pairs as labelled images, two images per pair per step, a render pool
+reused across epochs), its loss falls on a fixed set, and a tiny run on Ray Train registers
+``clerf-baseline@candidate`` in a real sqlite MLflow store."""
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -7,11 +11,18 @@ import torch
 from clerf_ray import geometry
 from clerf_ray.config import load_config
 from clerf_ray.train import common
-from clerf_ray.train.supervised import build_baseline_model, train_baseline
+from clerf_ray.train.supervised import (
+    baseline_batch_size,
+    baseline_loss,
+    baseline_optimizer,
+    build_baseline_dataset,
+    build_baseline_model,
+    train_baseline,
+)
 
 TINY = [
     "data.image_size=32",
-    "data.num_pairs=8",
+    "data.num_pairs=16",
     "data.render_batch_size=8",
     "data.augment=none",
     "model.embedding_dim=16",
@@ -31,6 +42,7 @@ def test_baseline_model_regresses_end_to_end():
     cfg = load_config(None, TINY)
     model = build_baseline_model(cfg)
     assert not model.freeze_encoder
+    assert model.views == cfg.head.views  # CLERF's test-time views
     model.train()
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     R = torch.as_tensor(geometry.sample_rotations(4, seed=1), dtype=torch.float32)
@@ -38,9 +50,93 @@ def test_baseline_model_regresses_end_to_end():
     grads = [p.grad for p in model.encoder.backbone.parameters()]
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0  # the backbone learns, unlike CLERF's head
+    assert all(p.grad is not None for p in model.head.parameters())
+    if model.head.config.input == "features":
+        # The projection feeds nothing the head reads: frozen, so DDP waits for no gradient.
+        assert not any(p.requires_grad for p in model.encoder.projection.parameters())
 
 
-def test_tiny_baseline_run_registers_a_candidate(ray_cluster, tmp_path, monkeypatch):
+def test_baseline_step_holds_as_many_images_as_a_clerf_step():
+    cfg = load_config(None, ["pretrain.batch_size=64", "data.num_pairs=8192"])
+    # A CLERF step of 64 pairs embeds 128 images; 8192 pairs make 128 steps an epoch.
+    assert baseline_batch_size(cfg) == 128
+    assert common.global_batches(2 * 8192, baseline_batch_size(cfg), 1) == (128, 128)
+    assert common.global_batches(2 * 8192, baseline_batch_size(cfg), 2) == (64, 128)
+
+
+def _rows(ds):
+    rows = ds.take_all()
+    return [(r["image"], np.asarray(r["R"], dtype=np.float64).reshape(3, 3)) for r in rows]
+
+
+def _key(image):
+    return image.tobytes()
+
+
+def test_pooled_baseline_epochs_reuse_the_pretraining_renders(ray_cluster):
+    from clerf_ray.data.pairs import render_pool
+
+    cfg = load_config(None, TINY + ["data.num_pairs=6", "data.render_batch_size=3"])
+    pair_cfg = cfg.data.pair_config(seed=cfg.seed)
+    pool = render_pool(pair_cfg)
+    pairs = pool.take_all()
+    rendered = sorted(_key(p[k]) for p in pairs for k in ("anchor", "positive"))
+
+    # Without augmentation every epoch is the pool's images, both of each pair, each with its
+    # pair's label.
+    labels = {
+        _key(p[k]): np.asarray(p["R"]).reshape(3, 3) for p in pairs for k in ("anchor", "positive")
+    }
+    for epoch in (0, 1):
+        rows = _rows(build_baseline_dataset(pair_cfg, epoch, pool=pool))
+        assert sorted(_key(im) for im, _ in rows) == rendered
+        for im, R in rows:
+            np.testing.assert_allclose(R, labels[_key(im)], atol=1e-6)
+
+    # Without the pool a new epoch renders new pairs.
+    fresh = _rows(build_baseline_dataset(pair_cfg, 1))
+    assert len(fresh) == 12 and not set(_key(im) for im, _ in fresh) & set(rendered)
+
+    # With fa the same pool gets a new augmentation each epoch: new labels, and anchor and
+    # positive of a pair keep one label between them (6 labels, each twice).
+    fa = replace(pair_cfg, augment="fa")
+    e0, e1 = (_rows(build_baseline_dataset(fa, e, pool=pool)) for e in (0, 1))
+    for rows in (e0, e1):
+        keys = [tuple(np.round(R, 5).ravel()) for _, R in rows]
+        assert len(rows) == 12 and len(set(keys)) == 6
+        assert all(keys.count(k) == 2 for k in keys)
+    l0 = np.stack([R for _, R in e0])
+    l1 = np.stack([R for _, R in e1])
+    assert not np.allclose(np.sort(l0.reshape(12, 9), axis=0), np.sort(l1.reshape(12, 9), axis=0))
+
+
+def test_baseline_loss_falls_on_a_fixed_set():
+    """25 steps of the baseline's own optimiser and loss on 16 fixed renders: the geodesic loss
+    (radians) must fall from that of an untrained model to a small fraction of it."""
+    from clerf_ray.render import make_renderer
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, TINY)
+    common.seed_everything(0)
+    model = build_baseline_model(cfg).train()
+    R = geometry.sample_rotations(16, seed=1)
+    images = make_renderer("procedural", image_size=32).render(np.arange(16) + 10, R)
+    batch = {"image": torch.from_numpy(images), "R": torch.as_tensor(R, dtype=torch.float32)}
+    optimizer = baseline_optimizer(model, cfg.pretrain)
+    losses = []
+    for _ in range(25):
+        loss = baseline_loss(model, batch, "cpu")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] > 1.0  # untrained: far from the labels (random rotations: ~2.2 rad)
+    assert np.mean(losses[-5:]) < 0.3 * losses[0]
+
+
+def test_tiny_pooled_fa_baseline_run_registers_a_candidate(
+    ray_cluster, tmp_path, monkeypatch, capsys
+):
     import mlflow
 
     from clerf_ray import registry
@@ -56,6 +152,8 @@ def test_tiny_baseline_run_registers_a_candidate(ray_cluster, tmp_path, monkeypa
         None,
         TINY
         + [
+            "data.pool=true",
+            "data.augment=fa",
             f"storage_path={tmp_path / 'runs'}",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             "run_name=tiny-baseline",
@@ -63,12 +161,19 @@ def test_tiny_baseline_run_registers_a_candidate(ray_cluster, tmp_path, monkeypa
     )
     result = train_baseline(cfg, model_name="clerf-baseline")
     assert result.version == "1"
-    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    assert "rendering a pool of 16 pairs" in capsys.readouterr().err  # rendered once, reused
+    (epoch,) = result.history
+    # 16 pairs in batches of 8 pairs are 2 CLERF steps; the baseline's 32 images in batches of
+    # 16 images are 2 steps too.
+    assert len(epoch["step_losses"]) == 2 and np.isfinite(epoch["loss"])
     assert result.metrics["n"] == 8
 
     registry.setup(cfg.tracking.tracking_uri)
     mv = registry.model_version("clerf-baseline@candidate")
-    assert str(mv.version) == "1" and mv.tags["augment"] == "none"
+    assert str(mv.version) == "1" and mv.tags["augment"] == "fa"
+    run = mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(result.run_id)
+    assert run.data.params["baseline.batch_images"] == "16"
+    assert run.data.params["data.pool"] == "True"
     loaded = registry.load_registered("clerf-baseline@candidate")
     assert not loaded.freeze_encoder
 
