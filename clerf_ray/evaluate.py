@@ -442,6 +442,15 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
+def turn_space(model) -> str:
+    """What the turn plot shows for a ``PoseModel``: the contrastive embedding, except for a
+    model trained end to end whose head reads the pooled features (the supervised baseline),
+    where the projection to the embedding never trained and the features are what it learnt."""
+    if not model.freeze_encoder and model.head.config.input == "features":
+        return "features"
+    return "embedding"
+
+
 def run_evaluation(
     models: list[str],
     data: str,
@@ -569,6 +578,7 @@ def run_evaluation(
 
         for ref, model in loaded.items():
             path = out / f"{slug(ref)}_turn_embedding.png"
+            space = turn_space(model)
             P.plot_turn_embedding(
                 model.encoder,
                 path,
@@ -576,7 +586,8 @@ def run_evaluation(
                 identity=render.identities[0],
                 renderer=render.renderer,
                 renderer_options=render.renderer_options,
-                title=f"{ref}: embedding of a 360 deg {turn} turn (PCA)",
+                title=f"{ref}: {space} of a 360 deg {turn} turn (PCA)",
+                space=space,
             )
             per_model_files[ref].append(path)
     table = markdown_table(rows)

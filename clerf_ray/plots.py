@@ -259,10 +259,15 @@ def plot_turn_embedding(
     n: int = 72,
     title: str = "",
     renderer_options: dict | None = None,
+    space: str = "embedding",
 ) -> Path:
     """Embed a rendered 360 deg turn with ``encoder`` (an ``Encoder``) and plot its PCA to 3D,
     coloured by the turn angle, with thumbnails of the turn below (CLERF, Figure 5): a pose-aware
     embedding traces a closed loop.
+
+    ``space``: ``"embedding"`` (the L2-normalised output Circle Loss trains) or ``"features"``
+    (the pooled backbone features, for an encoder whose projection was never trained, such as
+    the supervised baseline's).
 
     Returns the written PNG path.
     """
@@ -270,8 +275,11 @@ def plot_turn_embedding(
 
     images, t = render_turn(kind, n, identity, encoder.image_size, renderer, renderer_options)
     encoder.eval()
+    if space not in ("embedding", "features"):
+        raise ValueError(f"space must be 'embedding' or 'features', got {space!r}")
     with torch.no_grad():
-        z = encoder(encoder.preprocess(images)).double().cpu().numpy()
+        x = encoder.preprocess(images)
+        z = (encoder.features(x) if space == "features" else encoder(x)).double().cpu().numpy()
     proj, ratio = pca_3d(z)
     fig = plt.figure(figsize=(8, 8.6))
     ax = fig.add_axes([0.0, 0.2, 0.84, 0.75], projection="3d")
@@ -282,7 +290,7 @@ def plot_turn_embedding(
     ax.set_zlabel(f"PC3 ({ratio[2]:.0%})")
     cax = fig.add_axes([0.91, 0.3, 0.02, 0.55])
     fig.colorbar(sc, cax=cax, label=f"{kind} (deg)")
-    ax.set_title(title or f"embedding of a 360 deg {kind} turn (PCA)", fontsize=10)
+    ax.set_title(title or f"{space} of a 360 deg {kind} turn (PCA)", fontsize=10)
     picks = np.linspace(0, n, 8, endpoint=False).astype(int)
     for i, p in enumerate(picks):
         tax = fig.add_axes([0.02 + i * 0.12, 0.02, 0.11, 0.14])

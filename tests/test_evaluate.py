@@ -288,6 +288,24 @@ def test_report_plots_are_written(store, labelled_set, tmp_path):
             assert im.width > 200 and im.height > 200
 
 
+def test_turn_plot_shows_features_only_for_an_end_to_end_features_model():
+    from clerf_ray.models import PoseModel, create_encoder, create_head_for
+
+    def model(head_input, frozen):
+        enc = create_encoder(
+            backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32
+        )
+        head = create_head_for(enc, hidden=(8,), input=head_input)
+        return PoseModel(enc, head, freeze_encoder=frozen)
+
+    # The supervised baseline: its projection never trained, its features did.
+    assert evaluate.turn_space(model("features", frozen=False)) == "features"
+    # CLERF: the contrastive embedding, whatever its head reads.
+    assert evaluate.turn_space(model("features", frozen=True)) == "embedding"
+    assert evaluate.turn_space(model("embedding", frozen=True)) == "embedding"
+    assert evaluate.turn_space(model("embedding", frozen=False)) == "embedding"
+
+
 def test_report_errors_name_the_option(store, labelled_set, tmp_path):
     uri, _ = store
     path, _, _ = labelled_set
