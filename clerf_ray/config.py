@@ -83,7 +83,12 @@ class OptimSection(_Section):
     """One training stage: AdamW, linear warm-up then cosine decay."""
 
     epochs: int = Field(4, gt=0)
-    batch_size: int = Field(64, gt=1, description="global batch (pairs), split across workers")
+    batch_size: int = Field(
+        64,
+        gt=1,
+        description="global batch (pairs, split across workers); the supervised baseline takes "
+        "2 x this many images per step",
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
