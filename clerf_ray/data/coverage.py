@@ -64,10 +64,11 @@ def augment_labels(R: np.ndarray, augment: str = "fa", seed: int = 0) -> np.ndar
 
 
 def labels_from_parquet(path: str, *, endpoint_url: str | None = None) -> np.ndarray:
-    """The labels (N, 3, 3) of a labelled Parquet set (local folder or ``s3://``)."""
+    """The labels (N, 3, 3) of a labelled Parquet set (local folder or ``s3://``; a prepared
+    dataset or ``render.py --labelled``), read without the images."""
     from clerf_ray.data.schema import labelled_R, load_labelled
 
-    return labelled_R(load_labelled(path, endpoint_url=endpoint_url))
+    return labelled_R(load_labelled(path, endpoint_url=endpoint_url, columns=["R"]))
 
 
 def labels_from_poses(

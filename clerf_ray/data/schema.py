@@ -1,8 +1,8 @@
 """The labelled-set schema: one Parquet layout for real datasets and synthetic renders alike.
 
 Every labelled set (300W-LP, AFLW2000, BIWI prepared by ``jobs/prepare_data.py``, and renders
-written later by the rendering jobs) is a folder of ``part-NNNNN.parquet`` shards with this schema,
-so a consumer reads any of them the same way:
+written by ``jobs/render.py --labelled``) is a folder of ``part-NNNNN.parquet`` shards with this
+schema, so a consumer reads any of them the same way:
 
 * ``image`` (binary): the encoded crop, JPEG by default, PNG on request (PIL detects which).
 * ``R`` (fixed_size_list<float32>[9]): the label ``R = Rz(roll) Ry(yaw) Rx(pitch)`` in the
@@ -18,7 +18,10 @@ so a consumer reads any of them the same way:
 
 Rows are built with :func:`make_row` (one sample) or :func:`make_table` (arrays); both check
 shapes and compute ``euler_deg`` from ``R`` when it is not given. Writing goes through
-:mod:`clerf_ray.data.shards`, which accepts rows from any source.
+:mod:`clerf_ray.data.shards`, which accepts rows from any source. The readers
+(:func:`load_labelled`, :func:`read_labelled`, :func:`read_labelled_numbered`) check the shards'
+schema from their footers and refuse other shard sets (the pair shards of ``jobs/render.py``) with
+:class:`NotALabelledSetError` instead of reading them as rows with a null image.
 """
 
 from __future__ import annotations
@@ -204,12 +207,70 @@ def labelled_R(table: pa.Table) -> np.ndarray:
     return np.asarray(flat, dtype=np.float64).reshape(-1, 3, 3)
 
 
-def load_labelled(path: str, *, endpoint_url: str | None = None) -> pa.Table:
+class NotALabelledSetError(ValueError):
+    """A folder of shards that is not a labelled set (e.g. pair shards from ``jobs/render.py``)."""
+
+
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """Why a shard with this schema is not a labelled-set shard, or None when it is one."""
+    tag = (schema.metadata or {}).get(b"clerf_ray.schema", b"").decode("utf-8", "replace")
+    names = list(schema.names)
+    if tag.startswith("pairs/") or {"anchor", "positive"} <= set(names):
+        return (
+            "this is a pair-shard set written by jobs/render.py (columns "
+            f"{names}); labelled sets come from jobs/prepare_data.py or jobs/render.py --labelled"
+        )
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        return f"it lacks the labelled columns {missing} (found {names}; schema is {list(COLUMNS)})"
+    if pa.types.is_null(schema.field("image").type):
+        return "its image column holds no data (null type)"
+    return None
+
+
+def labelled_shard_rows(
+    fs, shards: Sequence[str], path: str, *, check: str = "all"
+) -> list[int] | None:
+    """Check that shards hold the labelled schema, from their Parquet footers (no row is read).
+
+    Args:
+        fs: the pyarrow filesystem of the shards.
+        shards: shard paths inside ``fs`` (``shards.list_shards``).
+        path: the set's path as the user gave it, for messages.
+        check: ``"all"`` reads every footer and returns the row count of each shard;
+            ``"first"`` checks the first shard only and returns None (a cheap check before a
+            lazy read).
+
+    Raises:
+        NotALabelledSetError: a shard's schema is not the labelled one; the message names the
+            set, the shard and what was found.
+    """
+    import pyarrow.parquet as pq
+
+    rows = []
+    for shard in shards if check == "all" else shards[:1]:
+        with fs.open_input_file(shard) as f:
+            meta = pq.read_metadata(f)
+        problem = _schema_problem(meta.schema.to_arrow_schema())
+        if problem:
+            name = shard.rstrip("/").rsplit("/", 1)[-1]
+            raise NotALabelledSetError(f"{path!r} is not a labelled set: {name}: {problem}")
+        rows.append(meta.num_rows)
+    return rows if check == "all" else None
+
+
+def load_labelled(
+    path: str, *, endpoint_url: str | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
     """Read a labelled set (local folder or ``s3://bucket/prefix``) into one pyarrow Table.
 
-    For small sets (evaluation benchmarks, tests); training reads go through
-    :func:`read_labelled`. Files starting with ``_`` or ``.`` (the report, staging folders) are
-    ignored, as Ray does.
+    For small sets (evaluation benchmarks, tests) or a few columns (``columns=["R"]`` reads the
+    labels without the images); training reads go through :func:`read_labelled`. Files starting
+    with ``_`` or ``.`` (the report, staging folders) are ignored, as Ray does.
+
+    Raises:
+        FileNotFoundError: no shard under ``path``.
+        NotALabelledSetError: the shards are not labelled-set shards (pair shards, say).
     """
     import pyarrow.dataset as pads
 
@@ -219,7 +280,9 @@ def load_labelled(path: str, *, endpoint_url: str | None = None) -> pa.Table:
     shards = list_shards(fs, root)
     if not shards:
         raise FileNotFoundError(f"no part-*.parquet shards under {path!r}")
-    return pads.dataset(shards, filesystem=fs, format="parquet", schema=SCHEMA).to_table()
+    labelled_shard_rows(fs, shards, path)
+    dataset = pads.dataset(shards, filesystem=fs, format="parquet", schema=SCHEMA)
+    return dataset.to_table(columns=None if columns is None else list(columns))
 
 
 def read_labelled(path: str, *, endpoint_url: str | None = None, **read_options):
@@ -227,12 +290,17 @@ def read_labelled(path: str, *, endpoint_url: str | None = None, **read_options)
 
     The filesystem is built on the driver (credentials from the standard AWS environment, endpoint
     from ``endpoint_url`` or ``AWS_ENDPOINT_URL``) and shipped to the readers, so Ray workers
-    started before those variables were set still reach the same store.
+    started before those variables were set still reach the same store. Rows come in no fixed
+    order; :func:`read_labelled_numbered` numbers them stably.
 
     Args:
-        path: the folder given to ``prepare_data.py --output`` (or a render job).
+        path: the folder given to ``prepare_data.py --output`` (or ``render.py --labelled``).
         endpoint_url: S3 endpoint override.
         **read_options: passed to ``ray.data.read_parquet`` (e.g. ``num_cpus`` per read task).
+
+    Raises:
+        FileNotFoundError: no shard under ``path``.
+        NotALabelledSetError: the first shard is not a labelled-set shard.
     """
     import ray.data
 
@@ -242,4 +310,77 @@ def read_labelled(path: str, *, endpoint_url: str | None = None, **read_options)
     shards = list_shards(fs, root)
     if not shards:
         raise FileNotFoundError(f"no part-*.parquet shards under {path!r}")
+    labelled_shard_rows(fs, shards, path, check="first")
     return ray.data.read_parquet(shards, filesystem=fs, **read_options)
+
+
+def _read_numbered(batch: pa.Table, filesystem, column: str):
+    """Read task of :func:`read_labelled_numbered`: each listed shard, one table per row group,
+    with ``column`` = the shard's offset + the row's index in the shard."""
+    import pyarrow.parquet as pq
+
+    for shard, offset, rows in zip(
+        batch.column("shard").to_pylist(),
+        batch.column("offset").to_pylist(),
+        batch.column("rows").to_pylist(),
+        strict=True,
+    ):
+        start = offset
+        with filesystem.open_input_file(shard) as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                table = check_table(pf.read_row_group(g))
+                ids = np.arange(start, start + table.num_rows, dtype=np.int64)
+                start += table.num_rows
+                yield table.append_column(column, pa.array(ids))
+        if start - offset != rows:
+            raise RuntimeError(f"{shard}: read {start - offset} rows, its footer says {rows}")
+
+
+def read_labelled_numbered(
+    path: str,
+    *,
+    column: str = "pair_id",
+    num_cpus: float = 0.25,
+    endpoint_url: str | None = None,
+):
+    """A labelled set as a lazy ``ray.data.Dataset`` whose rows carry a stable index.
+
+    Row ``k`` of shard ``s`` (shards in name order, as :func:`load_labelled` reads them) gets
+    ``column = offset[s] + k``, where the offsets come from the shards' Parquet footers, read on
+    the driver. The numbering therefore depends only on the files, never on the order in which
+    Ray's read tasks finish (Ray Data hands blocks on in completion order unless
+    ``preserve_order`` is set), and the shards are read in parallel, one task per shard.
+
+    Args:
+        path: local folder or ``s3://bucket/prefix`` of a labelled set.
+        column: name of the int64 index column added to the labelled columns.
+        num_cpus: CPU budget of each read task (fractional on small machines).
+        endpoint_url: S3 endpoint override.
+
+    Raises:
+        FileNotFoundError: no shard under ``path``.
+        NotALabelledSetError: a shard is not a labelled-set shard.
+    """
+    import ray.data
+
+    from clerf_ray.data.shards import list_shards, resolve
+
+    fs, root = resolve(path, endpoint_url=endpoint_url)
+    shards = list_shards(fs, root)
+    if not shards:
+        raise FileNotFoundError(f"no part-*.parquet shards under {path!r}")
+    rows = labelled_shard_rows(fs, shards, path)
+    offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    # One block per shard, made on the driver (no 1-CPU read task, unlike ray.data.range).
+    plan = [
+        pa.table({"shard": [s], "offset": [int(o)], "rows": [int(n)]})
+        for s, o, n in zip(shards, offsets, rows, strict=True)
+    ]
+    return ray.data.from_arrow(plan).map_batches(
+        _read_numbered,
+        fn_kwargs={"filesystem": fs, "column": column},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+    )

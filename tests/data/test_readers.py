@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy.spatial.transform import Rotation
 
@@ -23,7 +24,9 @@ from clerf_ray.data import crop as crops
 from clerf_ray.data.readers import NoValidSamplesError, prepare_dataset
 from clerf_ray.data.schema import (
     SCHEMA,
+    NotALabelledSetError,
     decode_image,
+    encode_image,
     labelled_R,
     load_labelled,
     make_table,
@@ -449,3 +452,53 @@ def test_read_labelled_with_ray(ray_cluster, aflw_source, tmp_path):
     np.testing.assert_allclose(
         R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-5
     )
+
+
+def _pair_shards(out: Path) -> None:
+    """Pair shards as jobs/render.py writes them (PairShardWriter, PAIR_SCHEMA), without Ray."""
+    from clerf_ray.data.pairs import PairShardWriter, pair_table
+
+    png = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
+    batch = {
+        "pair_id": np.arange(3),
+        "anchor": [png] * 3,
+        "positive": [png] * 3,
+        "R": np.broadcast_to(np.eye(3), (3, 3, 3)),
+        "identity_a": np.arange(3),
+        "identity_b": np.arange(3) + 10,
+        "source": ["render:procedural"] * 3,
+    }
+    with PairShardWriter(str(out), shard_rows=2) as writer:
+        writer.write(pair_table(batch))
+        writer.commit({"kind": "pairs"})
+
+
+def test_labelled_readers_refuse_pair_shards(tmp_path):
+    out = tmp_path / "pairs"
+    _pair_shards(out)
+    # pyarrow alone would read these with a null image column (the schema is forced on them).
+    import pyarrow.dataset as pads
+
+    shards = sorted(str(p) for p in out.glob("part-*.parquet"))
+    silent = pads.dataset(shards, format="parquet", schema=SCHEMA).to_table()
+    assert silent.column("image").null_count == 3
+    for read in (load_labelled, read_labelled):
+        with pytest.raises(NotALabelledSetError) as err:
+            read(str(out))
+        message = str(err.value)
+        assert str(out) in message and "part-00000.parquet" in message
+        assert "pair-shard set written by jobs/render.py" in message
+        assert "prepare_data" in message and "render.py --labelled" in message
+    from clerf_ray.evaluate import load_parquet_set
+
+    with pytest.raises(ValueError, match="pair-shard set"):
+        load_parquet_set(str(out), image_size=8)
+
+
+def test_labelled_readers_name_missing_columns(tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    pq.write_table(pa.table({"image": [b"x"], "label": [1.0]}), str(out / "part-00000.parquet"))
+    with pytest.raises(NotALabelledSetError, match=r"lacks the labelled columns \['R'") as err:
+        load_labelled(str(out))
+    assert str(out) in str(err.value) and "'label'" in str(err.value)
