@@ -14,7 +14,11 @@ Three sources:
 * ``synthetic``: poses sampled by config (all of SO(3), Euler ranges, or the poses of a labelled
   Parquet set); anchor and positive are two identities rendered at that pose by renderer actors.
 * ``real_anchor``: anchors are the images of a labelled Parquet set; positives are rendered at the
-  anchor's pose with a random identity.
+  anchor's pose with a random identity. Anchors are numbered by their place in the set (shards in
+  name order, rows in shard order), so ``pair_id`` and every draw keyed by it do not depend on
+  how Ray schedules the reads. Anchors whose pose the renderer cannot draw (a GAN's limited yaw
+  and pitch, ``Renderer.pose_range``) are skipped before rendering, counted and logged
+  (:func:`real_anchor_counts`); their ``pair_id`` is left unused.
 * ``shards``: pairs rendered earlier and written by ``write_pair_shards`` (``jobs/render.py``), so
   GAN render cost is paid once across epochs and trials; augmentation is still fresh.
 
@@ -29,6 +33,7 @@ their ``pair_id``, so their augmentation follows the same rule.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +43,8 @@ import pyarrow as pa
 from clerf_ray import geometry
 from clerf_ray.augment import GeometricAugment
 from clerf_ray.data.shards import ShardWriter, read_report
+
+log = logging.getLogger(__name__)
 
 # Salts that keep the random streams of the sampling, identity and augmentation stages apart.
 _POSE, _IDENTITY, _AUGMENT = 1, 2, 3
@@ -229,6 +236,12 @@ class RenderPairs:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         R = np.asarray(batch["R"], dtype=np.float64).reshape(-1, 3, 3)
         out = dict(batch)
+        if len(R) == 0:
+            # Every anchor of the batch lay outside the renderer's range: nothing to render.
+            size = self.renderer.image_size
+            out["anchor"] = out["positive"] = np.zeros((0, size, size, 3), np.uint8)
+            out["identity_a"] = np.zeros(0, dtype=np.int64)
+            return out
         if "anchor" not in batch:
             out["anchor"] = self.renderer.render(batch["identity_a"], R)
         else:
@@ -249,10 +262,11 @@ def _augment_batch(
         anchors.append(a)
         positives.append(p)
         labels.append(r)
+    empty = len(ids) == 0  # every anchor of the batch was skipped for its pose
     return {
-        "anchor": np.stack(anchors),
-        "positive": np.stack(positives),
-        "R": np.asarray(labels, dtype=np.float32),
+        "anchor": np.asarray(batch["anchor"]) if empty else np.stack(anchors),
+        "positive": np.asarray(batch["positive"]) if empty else np.stack(positives),
+        "R": np.asarray(labels, dtype=np.float32).reshape(-1, 3, 3),
         "source": batch["source"],
         "pair_id": ids,
         "identity_a": np.asarray(batch["identity_a"], dtype=np.int64),
@@ -277,16 +291,28 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _decode_labelled(
-    batch, cfg: PairDataConfig, epoch: int, image_size: int
+    batch, cfg: PairDataConfig, epoch: int, image_size: int, pose_range=None
 ) -> dict[str, np.ndarray]:
-    """Labelled rows (shared schema: ``image`` bytes, ``R`` 9 floats) -> anchor + pose + identity."""
+    """Labelled rows (shared schema: ``image`` bytes, ``R`` 9 floats) -> anchor + pose + identity.
+
+    With ``pose_range`` (a limited-range renderer's), rows whose pose lies outside it are dropped
+    here, before their image is decoded or a positive rendered (:func:`real_anchor_counts` counts
+    them with the same test on the same stored values).
+    """
     n = len(batch["R"])
+    R = np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3)
+    if pose_range is not None:
+        keep = pose_range.contains(R)
+        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
+        R = R[keep]
     ids = batch["pair_id"].astype(np.int64)
     lo, hi = cfg.identities
     return {
         "pair_id": ids,
-        "anchor": _resize(_decode_images(batch["image"]), image_size),
-        "R": np.asarray(np.stack(list(batch["R"])), dtype=np.float64).reshape(n, 3, 3),
+        "anchor": _resize(_decode_images(batch["image"]), image_size)
+        if len(ids)
+        else np.zeros((0, image_size, image_size, 3), np.uint8),
+        "R": R,
         "identity_b": np.asarray(
             [int(r.integers(lo, hi)) for r in _rngs(cfg.seed, epoch, _IDENTITY, ids)],
             dtype=np.int64,
@@ -311,19 +337,6 @@ def _decode_shards(batch) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- builder
 
 
-def _with_pair_ids(ds, num_cpus: float):
-    """Number the rows of a read dataset 0..n-1 in a stable order (for per-row seeds)."""
-
-    # Ray Data has no stable row index of its own; read order is deterministic for a file list,
-    # so a single-block pass numbers the rows. Labelled sets are small (tens of thousands of rows).
-    def number(table: pa.Table) -> pa.Table:
-        return table.append_column("pair_id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-
-    return ds.repartition(1).map_batches(
-        number, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus
-    )
-
-
 def _pair_ids(n: int, blocks: int):
     """A dataset of ``id`` 0..n-1 in ``blocks`` blocks, made without read tasks.
 
@@ -337,10 +350,9 @@ def _pair_ids(n: int, blocks: int):
 
 
 def _pose_pool(path: str) -> np.ndarray:
-    from clerf_ray.data.schema import load_labelled
+    from clerf_ray.data.schema import labelled_R, load_labelled
 
-    table = load_labelled(path)
-    R = np.asarray(table.column("R").to_pylist(), dtype=np.float64).reshape(-1, 3, 3)
+    R = labelled_R(load_labelled(path, columns=["R"]))
     if len(R) == 0:
         raise ValueError(f"data.poses={path!r} holds no labelled rows")
     return R
@@ -351,14 +363,15 @@ def _image_size(cfg: PairDataConfig) -> int:
     return int(cfg.renderer_options.get("image_size", 64))
 
 
-def _rendered(cfg: PairDataConfig, epoch: int):
-    """Pairs before augmentation: ``pair_id``, ``anchor``, ``positive``, ``R`` (N, 3, 3) float64,
-    ``source`` and, where known, ``identity_a`` / ``identity_b``."""
+def render_stage_options(cfg: PairDataConfig) -> dict[str, Any]:
+    """The ``map_batches`` options of a renderer stage (pair or labelled renders): an actor pool
+    of ``num_render_actors``, each asking for ``render_num_cpus``, ``render_num_gpus`` and the
+    custom ``render_resources`` (which is how cluster.yaml's renderer nodes get the actors)."""
     import ray.data
 
     from clerf_ray.render import renderer_class
 
-    render_stage = dict(
+    return dict(
         compute=ray.data.ActorPoolStrategy(size=cfg.num_render_actors),
         fn_constructor_kwargs={
             "factory": renderer_class(cfg.renderer),
@@ -370,6 +383,68 @@ def _rendered(cfg: PairDataConfig, epoch: int):
         num_gpus=cfg.render_num_gpus or None,
         resources=cfg.render_resources,
     )
+
+
+def real_anchor_counts(cfg: PairDataConfig) -> dict[str, int]:
+    """How many anchors of ``cfg.labelled_path`` the renderer can pair.
+
+    Returns:
+        ``anchors`` (rows of the set), ``out_of_range`` (rows whose pose lies outside the
+        renderer's ``pose_range``; skipped by the pipeline) and ``pairs`` (the rest). A
+        full-range renderer needs only the shards' footers; a limited one reads the ``R`` column.
+    """
+    from clerf_ray.data.schema import labelled_R, labelled_shard_rows, load_labelled
+    from clerf_ray.data.shards import list_shards, resolve
+    from clerf_ray.render import renderer_class
+
+    pose_range = renderer_class(cfg.renderer).pose_range
+    if pose_range.full:
+        fs, root = resolve(cfg.labelled_path)
+        shards = list_shards(fs, root)
+        if not shards:
+            raise FileNotFoundError(
+                f"data.labelled_path: no part-*.parquet shards under {cfg.labelled_path!r}"
+            )
+        n = sum(labelled_shard_rows(fs, shards, cfg.labelled_path))
+        return {"anchors": n, "out_of_range": 0, "pairs": n}
+    R = labelled_R(load_labelled(cfg.labelled_path, columns=["R"]))
+    inside = int(pose_range.contains(R).sum())
+    return {"anchors": len(R), "out_of_range": len(R) - inside, "pairs": inside}
+
+
+def _anchor_pose_range(cfg: PairDataConfig):
+    """The renderer's pose range when anchors must be filtered by it (None for a full-range
+    renderer); counts and logs the anchors it drops, and fails when none remains."""
+    from clerf_ray.render import renderer_class
+
+    pose_range = renderer_class(cfg.renderer).pose_range
+    if pose_range.full:
+        return None
+    counts = real_anchor_counts(cfg)
+    if counts["pairs"] == 0:
+        raise ValueError(
+            f"data.labelled_path: none of the {counts['anchors']} anchors of "
+            f"{cfg.labelled_path!r} lies inside renderer {cfg.renderer!r}'s pose range "
+            f"{pose_range}; nothing to render"
+        )
+    if counts["out_of_range"]:
+        log.warning(
+            "real_anchor: skipping %d of %d anchors of %s: their pose lies outside renderer "
+            "%r's pose range %s",
+            counts["out_of_range"],
+            counts["anchors"],
+            cfg.labelled_path,
+            cfg.renderer,
+            pose_range,
+        )
+    return pose_range
+
+
+def _rendered(cfg: PairDataConfig, epoch: int):
+    """Pairs before augmentation: ``pair_id``, ``anchor``, ``positive``, ``R`` (N, 3, 3) float64,
+    ``source`` and, where known, ``identity_a`` / ``identity_b``."""
+    from clerf_ray.render import renderer_class
+
     if cfg.source == "synthetic":
         # The pose range is a class attribute: GAN backends are only ever built inside actors.
         pose_range = renderer_class(cfg.renderer).pose_range
@@ -385,20 +460,24 @@ def _rendered(cfg: PairDataConfig, epoch: int):
             batch_format="numpy",
             num_cpus=cfg.stage_num_cpus,
         )
-        return ds.map_batches(RenderPairs, **render_stage)
+        return ds.map_batches(RenderPairs, **render_stage_options(cfg))
     if cfg.source == "real_anchor":
-        from clerf_ray.data.schema import read_labelled
+        from clerf_ray.data.schema import read_labelled_numbered
 
-        ds = _with_pair_ids(
-            read_labelled(cfg.labelled_path, num_cpus=cfg.stage_num_cpus), cfg.stage_num_cpus
-        )
+        pose_range = _anchor_pose_range(cfg)
+        ds = read_labelled_numbered(cfg.labelled_path, num_cpus=cfg.stage_num_cpus)
         ds = ds.map_batches(
             _decode_labelled,
-            fn_kwargs={"cfg": cfg, "epoch": epoch, "image_size": _image_size(cfg)},
+            fn_kwargs={
+                "cfg": cfg,
+                "epoch": epoch,
+                "image_size": _image_size(cfg),
+                "pose_range": pose_range,
+            },
             batch_format="numpy",
             num_cpus=cfg.stage_num_cpus,
         )
-        return ds.map_batches(RenderPairs, **render_stage)
+        return ds.map_batches(RenderPairs, **render_stage_options(cfg))
     return read_pair_shards(cfg.shards_path, num_cpus=cfg.stage_num_cpus).map_batches(
         _decode_shards, batch_format="numpy", num_cpus=cfg.stage_num_cpus
     )
@@ -547,8 +626,10 @@ def write_pair_shards(
         log: progress callback taking one line of text, or None.
 
     Returns:
-        The report written to ``_report.json``: ``counts`` (``pairs``, ``by_source``),
-        the settings that made the pairs, ``shards``, ``rows``, ``elapsed_s``.
+        The report written to ``_report.json``: ``counts`` (``pairs``, ``by_source``; for real
+        anchors also ``anchors`` and ``out_of_range``, the anchors skipped because the renderer
+        cannot draw their pose), the settings that made the pairs, ``shards``, ``rows``,
+        ``elapsed_s``.
 
     Raises:
         RuntimeError: the pipeline produced a different number of pairs than expected, or a
@@ -557,7 +638,15 @@ def write_pair_shards(
     import time
 
     say = log or (lambda _msg: None)
-    expected = cfg.num_pairs if cfg.source == "synthetic" else None
+    anchors = None
+    if cfg.source == "real_anchor":
+        anchors = real_anchor_counts(cfg)
+        if anchors["out_of_range"]:
+            say(
+                f"render: skipping {anchors['out_of_range']} of {anchors['anchors']} anchors "
+                f"outside renderer {cfg.renderer!r}'s pose range"
+            )
+    expected = cfg.num_pairs if anchors is None else anchors["pairs"]
     ds = render_pair_dataset(cfg)
     t0 = time.monotonic()
     seen: set[int] = set()
@@ -579,10 +668,8 @@ def write_pair_shards(
                 total = f"/{expected}" if expected else ""
                 say(f"render: {len(seen)}{total} pairs, {len(seen) / max(elapsed, 1e-9):.1f}/s")
                 next_report = elapsed + 10.0
-        if expected is not None and len(seen) != expected:
-            raise RuntimeError(
-                f"rendered {len(seen)} pairs, expected data.num_pairs={expected}; nothing written"
-            )
+        if len(seen) != expected:
+            raise RuntimeError(f"rendered {len(seen)} pairs, expected {expected}; nothing written")
         elapsed = time.monotonic() - t0
         report = {
             "kind": "pairs",
@@ -593,7 +680,11 @@ def write_pair_shards(
             "labelled_path": cfg.labelled_path if cfg.source == "real_anchor" else None,
             "identities": list(cfg.identities),
             "seed": cfg.seed,
-            "counts": {"pairs": len(seen), "by_source": by_source},
+            "counts": {
+                "pairs": len(seen),
+                "by_source": by_source,
+                **({} if anchors is None else {k: anchors[k] for k in ("anchors", "out_of_range")}),
+            },
             "elapsed_s": round(elapsed, 3),
         }
         writer.commit(report)
@@ -613,7 +704,27 @@ def read_pair_shards(path: str, *, endpoint_url: str | None = None, **read_optio
     shards = list_shards(fs, root)
     if not shards:
         raise FileNotFoundError(f"data.shards_path: no part-*.parquet shards under {path!r}")
+    _check_pair_shard(fs, shards[0], path)
     return ray.data.read_parquet(shards, filesystem=fs, **read_options)
+
+
+def _check_pair_shard(fs, shard: str, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(shard) as f:
+        schema = pq.read_metadata(f).schema.to_arrow_schema()
+    missing = [c for c in PAIR_SCHEMA.names if c not in schema.names]
+    if missing:
+        what = (
+            "a labelled set (prepare_data.py or render.py --labelled): use it with "
+            "data.source=real_anchor, data.poses or head.labelled_path"
+            if "image" in schema.names
+            else f"columns {schema.names}"
+        )
+        raise ValueError(
+            f"data.shards_path: {path!r} holds no pair shards ({shard.rsplit('/', 1)[-1]} lacks "
+            f"{missing}); it is {what}"
+        )
 
 
 # --------------------------------------------------------------------------- labelled images
@@ -659,11 +770,9 @@ def build_labelled_image_dataset(
         return build_pair_dataset(cfg, epoch).map_batches(
             _pairs_to_images, batch_format="numpy", num_cpus=cfg.stage_num_cpus
         )
-    from clerf_ray.data.schema import read_labelled
+    from clerf_ray.data.schema import read_labelled_numbered
 
-    return _with_pair_ids(
-        read_labelled(labelled_path, num_cpus=cfg.stage_num_cpus), cfg.stage_num_cpus
-    ).map_batches(
+    return read_labelled_numbered(labelled_path, num_cpus=cfg.stage_num_cpus).map_batches(
         _augment_labelled,
         fn_kwargs={
             "preset": cfg.augment,

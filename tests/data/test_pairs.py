@@ -273,6 +273,133 @@ def test_poses_from_labelled_set(ray_cluster, labelled_set):
     assert np.all(d.min(axis=1) < 1e-3)
 
 
+@pytest.fixture(scope="module")
+def sharded_set(tmp_path_factory, renderer):
+    """A labelled set of 11 renders in 6 shards (2 rows each, 1 in the last), PNG. With several
+    shards Ray's read tasks finish in varying order: numbering rows by arrival (the old
+    repartition(1) pass) gave a different order on most runs."""
+    out = tmp_path_factory.mktemp("sharded") / "set"
+    R = geometry.sample_rotations(11, 21)
+    ids = np.arange(700, 711)
+    table = make_table(
+        renderer.render(ids, R),
+        R,
+        files=[f"img_{i}.png" for i in ids],
+        dataset="toyset",
+        image_format="png",
+    )
+    write_shards(table, str(out), shard_rows=2)
+    return str(out)
+
+
+def test_real_anchor_numbering_is_stable_over_several_shards(ray_cluster, sharded_set):
+    import pyarrow.parquet as pq
+
+    from clerf_ray.data.schema import read_labelled_numbered
+
+    fs, root = resolve(sharded_set)
+    shards = list_shards(fs, root)
+    assert len(shards) == 6
+    # The set in its documented order (shards by name, rows in shard order), read with pyarrow.
+    stored = [pq.read_table(s, filesystem=fs).to_pydict() for s in shards]
+    files = [f for t in stored for f in t["file"]]
+
+    # Numbered in parallel: at least one block per shard, not one block for the whole set.
+    numbered = read_labelled_numbered(sharded_set, num_cpus=0.1).materialize()
+    assert numbered.num_blocks() >= 6
+    rows = numbered.take_all()
+    assert sorted((r["pair_id"], r["file"]) for r in rows) == list(enumerate(files))
+
+    cfg = small_cfg(source="real_anchor", labelled_path=sharded_set, augment="fa")
+    first, second = consume(build_pair_dataset(cfg)), consume(build_pair_dataset(cfg))
+    np.testing.assert_array_equal(first["pair_id"], np.arange(11))
+    for k in ("anchor", "positive", "R", "identity_b"):
+        np.testing.assert_array_equal(first[k], second[k])
+
+
+@pytest.fixture(scope="module")
+def mixed_range_set(tmp_path_factory, renderer):
+    """8 anchors in shards of 3: 5 inside the test backend's range (|yaw| <= 60, |pitch| <= 30
+    deg), 3 far outside (yaw beyond 100 deg; the whole second shard), built with scipy's Euler
+    angles (pitch, yaw, roll). Roll is 0, where the orbit angles are the label's own pitch and
+    yaw (geometry.orbit_decomposition)."""
+    from scipy.spatial.transform import Rotation
+
+    poses = [
+        (0.0, 0.0, 0.0),
+        (-15.0, 40.0, 0.0),
+        (12.0, -35.0, 0.0),
+        (0.0, 120.0, 0.0),  # outside: the whole second shard is
+        (0.0, -150.0, 0.0),  # outside
+        (0.0, 100.0, 0.0),  # outside
+        (25.0, 55.0, 0.0),
+        (-20.0, -10.0, 0.0),
+    ]
+    R = np.stack(
+        [Rotation.from_euler("ZYX", [r, y, p], degrees=True).as_matrix() for p, y, r in poses]
+    )
+    out = tmp_path_factory.mktemp("mixed") / "set"
+    ids = np.arange(800, 808)
+    table = make_table(
+        renderer.render(ids, R),
+        R,
+        files=[f"m{i}" for i in ids],
+        dataset="mixed",
+        image_format="png",
+    )
+    write_shards(table, str(out), shard_rows=3)
+    return {"path": str(out), "R": R, "inside": np.array([0, 1, 2, 6, 7])}
+
+
+def test_real_anchor_skips_poses_the_renderer_cannot_draw(
+    ray_cluster, limited_range_renderer, mixed_range_set, caplog, tmp_path
+):
+    from clerf_ray.data.pairs import real_anchor_counts
+
+    inside = mixed_range_set["inside"]
+    # The hand-picked split agrees with the range test the fixture renderer enforces.
+    np.testing.assert_array_equal(np.flatnonzero(_orbit_inside(mixed_range_set["R"])), inside)
+    cfg = small_cfg(
+        source="real_anchor",
+        labelled_path=mixed_range_set["path"],
+        renderer=limited_range_renderer,
+        renderer_options={"image_size": 8, "supersample": 1},
+        augment="none",
+    )
+    assert real_anchor_counts(cfg) == {"anchors": 8, "out_of_range": 3, "pairs": 5}
+    with caplog.at_level("WARNING", logger="clerf_ray.data.pairs"):
+        # The renderer raises on any pose outside its range: the pipeline finishing shows that
+        # none reached it.
+        rows = consume(build_pair_dataset(cfg))
+    assert any("skipping 3 of 8 anchors" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(rows["pair_id"], inside)
+    np.testing.assert_allclose(rows["R"], mixed_range_set["R"][inside], atol=1e-6)
+
+    # Rendered to shards: the report counts the skipped anchors.
+    lines: list[str] = []
+    report = write_pair_shards(cfg, str(tmp_path / "pairs"), log=lines.append)
+    assert report["counts"]["pairs"] == 5
+    assert report["counts"]["anchors"] == 8 and report["counts"]["out_of_range"] == 3
+    assert any("skipping 3 of 8 anchors" in line for line in lines)
+
+
+def test_real_anchor_with_no_pose_in_range_fails_before_rendering(
+    ray_cluster, limited_range_renderer, tmp_path, renderer
+):
+    out = tmp_path / "profiles"
+    R = np.stack([geometry.euler_to_matrix(0.0, math.radians(y), 0.0) for y in (95.0, -120.0)])
+    write_shards(make_table(renderer.render([1, 2], R), R, files=["a", "b"], dataset="p"), str(out))
+    cfg = small_cfg(
+        source="real_anchor",
+        labelled_path=str(out),
+        renderer=limited_range_renderer,
+        renderer_options={"image_size": 8, "supersample": 1},
+    )
+    with pytest.raises(ValueError, match="none of the 2 anchors") as err:
+        build_pair_dataset(cfg)
+    assert str(out) in str(err.value) and "data.labelled_path" in str(err.value)
+
+
 # --------------------------------------------------------------------------- render reuse
 
 
@@ -354,3 +481,24 @@ def test_missing_shards_and_labelled_paths_name_the_field(ray_cluster, tmp_path)
         build_pair_dataset(small_cfg(source="shards", shards_path=str(tmp_path / "none")))
     with pytest.raises(ValueError, match="data.source"):
         write_pair_shards(small_cfg(source="shards", shards_path=str(tmp_path)), str(tmp_path))
+
+
+def test_stages_pass_an_empty_batch_through(limited_range_renderer):
+    """A batch whose anchors were all skipped for their pose reaches the renderer and the
+    augmentation empty: both hand it on with the right shapes instead of failing."""
+    from clerf_ray.data.pairs import RenderPairs, _augment_batch
+    from clerf_ray.render import renderer_class
+
+    empty = {
+        "pair_id": np.zeros(0, np.int64),
+        "anchor": np.zeros((0, 8, 8, 3), np.uint8),
+        "R": np.zeros((0, 3, 3)),
+        "identity_b": np.zeros(0, np.int64),
+        "source": np.zeros(0, dtype=str),
+    }
+    actor = RenderPairs(renderer_class(limited_range_renderer), {"image_size": 8})
+    rendered = actor(empty)
+    assert rendered["positive"].shape == (0, 8, 8, 3) and rendered["identity_a"].shape == (0,)
+    out = _augment_batch(rendered, "fa", seed=0, epoch=0)
+    assert out["anchor"].shape == out["positive"].shape == (0, 8, 8, 3)
+    assert out["R"].shape == (0, 3, 3) and out["R"].dtype == np.float32

@@ -502,3 +502,13 @@ def test_labelled_readers_name_missing_columns(tmp_path):
     with pytest.raises(NotALabelledSetError, match=r"lacks the labelled columns \['R'") as err:
         load_labelled(str(out))
     assert str(out) in str(err.value) and "'label'" in str(err.value)
+
+
+def test_pair_reader_refuses_a_labelled_set(aflw_source, tmp_path):
+    from clerf_ray.data.pairs import read_pair_shards
+
+    out = tmp_path / "labelled"
+    prepare_dataset("aflw2000", aflw_source, str(out), filter_99=False, log=None)
+    with pytest.raises(ValueError, match="data.shards_path") as err:
+        read_pair_shards(str(out))
+    assert str(out) in str(err.value) and "a labelled set" in str(err.value)
