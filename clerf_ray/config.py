@@ -136,16 +136,23 @@ class PretrainSection(OptimSection):
 
 
 class HeadSection(OptimSection):
-    """Pose head on the frozen encoder, geodesic loss, trained on cached embeddings (each image
-    is embedded once; ``clerf_ray.train.head``)."""
+    """Pose head on the frozen encoder, geodesic loss, trained on cached embeddings (each
+    augmentation draw of each labelled image is embedded once; ``clerf_ray.train.head``)."""
 
     epochs: int = Field(4, gt=0, description="checkpoint and report every epoch")
-    passes: int = Field(12, gt=0, description="passes over the cached embeddings per epoch")
+    passes: int = Field(6, gt=0, description="passes over the cached embeddings per epoch")
     batch_size: int = Field(256, gt=1, description="global batch (embeddings)")
     shuffle_buffer: int | None = Field(
         4096, gt=0, description="local shuffle buffer of each pass (rows); None: no shuffle"
     )
-    num_samples: int = Field(16384, gt=0, description="labelled renders, embedded once")
+    num_samples: int = Field(8192, gt=0, description="labelled renders (half as many pairs)")
+    draws: int = Field(
+        4,
+        gt=0,
+        description="augmentation draws of each labelled image (render or labelled_path row), "
+        "each embedded once: a draw costs an encoder forward, a new image a render as well; "
+        "8,192 renders x 4 draws trained the head as well as 32,768 renders",
+    )
     labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
     lr: float = Field(2e-3, gt=0)
     time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")

@@ -110,7 +110,10 @@ def train_head_stage(cfg: Config, encoder, name: str):
     from clerf_ray.train.runner import run_stage
 
     source = cfg.head.labelled_path or f"{cfg.head.num_samples} renders"
-    log(f"embedding the head's labelled images ({source}) with the frozen encoder")
+    log(
+        f"embedding the head's labelled images ({source}, {cfg.head.draws} augmentation "
+        "draws each) with the frozen encoder"
+    )
     t0 = time.monotonic()
     embeddings = build_head_embeddings(cfg, encoder.state_dict())
     n = embeddings.count()

@@ -757,17 +757,18 @@ def _augment_labelled(batch, preset: str, seed: int, epoch: int, image_size: int
 
 
 def build_labelled_image_dataset(
-    cfg: PairDataConfig, epoch: int = 0, labelled_path: str | None = None
+    cfg: PairDataConfig, epoch: int = 0, labelled_path: str | None = None, pool=None
 ):
     """Labelled images for the pose head and for evaluation: columns ``image`` (H, W, 3) uint8,
     ``R`` (3, 3) float32 after augmentation, ``source``.
 
     From ``labelled_path`` (the shared labelled schema; images resized to the renderer's
     ``image_size``) when given, else from synthetic pairs (``cfg``; both images of each pair, so
-    ``2 * cfg.num_pairs`` rows).
+    ``2 * cfg.num_pairs`` rows; with ``pool`` from :func:`render_pool`, the pooled renders with
+    this epoch's augmentation draws).
     """
     if labelled_path is None:
-        return build_pair_dataset(cfg, epoch).map_batches(
+        return build_pair_dataset(cfg, epoch, pool=pool).map_batches(
             _pairs_to_images, batch_format="numpy", num_cpus=cfg.stage_num_cpus
         )
     from clerf_ray.data.schema import read_labelled_numbered

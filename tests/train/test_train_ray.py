@@ -284,6 +284,29 @@ def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path, hea
             np.testing.assert_allclose(row["z"], z, atol=1e-5)
 
 
+def test_head_images_are_draws_of_renders_made_once(ray_cluster, tmp_path):
+    """``head.draws`` augmentation draws of each render: every pose appears once per image of
+    its pair per draw, each draw with its own label, and all labels of one render share what
+    in-plane rotations and flips leave unchanged: the absolute third column of R (the head's
+    axes' components along the optical axis; the dataset and camera frames differ by axis signs
+    only)."""
+    from clerf_ray.train.head import head_images
+
+    draws = 3
+    cfg = tiny_config(tmp_path, "head.num_samples=12", f"head.draws={draws}", "data.augment=fa")
+    rows = head_images(cfg).take_all()
+    assert len(rows) == draws * 12
+    groups: dict[bytes, list[np.ndarray]] = {}
+    for row in rows:
+        key = np.round(np.abs(np.asarray(row["R"], dtype=np.float64)[:, 2]), 4).tobytes()
+        groups.setdefault(key, []).append(np.asarray(row["R"]))
+    assert len(groups) == 6  # 6 pairs, 6 poses
+    for labels in groups.values():
+        assert len(labels) == 2 * draws  # anchor and positive, in every draw
+        distinct = {np.round(R, 4).tobytes() for R in labels}
+        assert len(distinct) == draws  # one label per draw, shared by the pair's two images
+
+
 def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
     from clerf_ray.models import create_encoder
     from clerf_ray.train.head import build_head_embeddings
