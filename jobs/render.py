@@ -5,10 +5,10 @@ With ``--labelled``, render a labelled set instead (one image per row, in the la
 ``data.labelled_path``, coverage).
 
     python jobs/render.py --output data/pairs --num-pairs 4096 --image-size 64
-    python jobs/render.py --labelled --num-images 2048 --identities 2000000 2100000 \
+    python jobs/render.py --labelled --num-images 2048 --identities 2000000 2100000 \\
         --output data/renders_test --image-format png
     python jobs/render.py --output s3://bucket/clerf/pairs --renderer eg3d \\
-        data.renderer_options='{network: /models/ffhq512.pkl, checkout: /src/eg3d}' \\
+        data.renderer_options='{network_pkl: /models/ffhq512.pkl, checkout: /src/eg3d}' \\
         data.render_num_gpus=1 data.num_render_actors=4
     python jobs/render.py --output data/pairs_real --source real_anchor --labelled-path data/300w_lp
     ray job submit --working-dir . -- python jobs/render.py --output s3://bucket/clerf/pairs
