@@ -142,8 +142,17 @@ class HeadSection(OptimSection):
     epochs: int = Field(4, gt=0, description="checkpoint and report every epoch")
     passes: int = Field(6, gt=0, description="passes over the cached embeddings per epoch")
     batch_size: int = Field(256, gt=1, description="global batch (embeddings)")
+    in_memory: bool = Field(
+        True,
+        description="hold each worker's shard of the cached embeddings in memory and draw every "
+        "pass as a full random permutation (rows x width floats: 64 MB for the default); False: "
+        "stream every pass through Ray Data with shuffle_buffer",
+    )
     shuffle_buffer: int | None = Field(
-        4096, gt=0, description="local shuffle buffer of each pass (rows); None: no shuffle"
+        4096,
+        gt=0,
+        description="with in_memory=False, local shuffle buffer of each pass (rows); None: no "
+        "shuffle",
     )
     num_samples: int = Field(8192, gt=0, description="labelled renders (half as many pairs)")
     draws: int = Field(
@@ -154,6 +163,13 @@ class HeadSection(OptimSection):
         "8,192 renders x 4 draws trained the head as well as 32,768 renders",
     )
     labelled_path: str | None = Field(None, description="labelled Parquet set instead of renders")
+    reuse_pool: bool = Field(
+        True,
+        description="in the main job with data.pool, take the labelled images from the "
+        "pretraining pool (with new augmentation draws) instead of rendering new ones: the "
+        "encoder has seen those renders, and the head trained on them did as well (7.6 vs 7.7 "
+        "deg, one view)",
+    )
     lr: float = Field(2e-3, gt=0)
     time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")
     views: Literal[1, 2, 8] = Field(

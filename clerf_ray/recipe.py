@@ -96,11 +96,12 @@ def log_run_config(cfg: Config) -> None:
         mlflow.log_artifact(str(Path(d) / "config.yaml"))
 
 
-def train_head_stage(cfg: Config, encoder, name: str):
+def train_head_stage(cfg: Config, encoder, name: str, pool=None):
     """Fit the pose head on the frozen ``encoder`` (Ray Train) and log its history.
 
-    The labelled images are embedded once by encoder actors (Ray Data); the head trains on the
-    cached embeddings (``clerf_ray.train.head``).
+    The labelled images (``clerf_ray.train.head.head_images``; from the pretraining ``pool``
+    when given and ``head.reuse_pool``) are embedded once per augmentation draw by encoder
+    actors (Ray Data); the head trains on the cached embeddings (``clerf_ray.train.head``).
 
     Returns:
         ``(PoseModel, StageResult)``.
@@ -109,13 +110,18 @@ def train_head_stage(cfg: Config, encoder, name: str):
     from clerf_ray.train.head import build_head_embeddings, head_loop
     from clerf_ray.train.runner import run_stage
 
-    source = cfg.head.labelled_path or f"{cfg.head.num_samples} renders"
+    if cfg.head.labelled_path:
+        source = cfg.head.labelled_path
+    elif pool is not None and cfg.head.reuse_pool:
+        source = f"{cfg.head.num_samples} images of the pretraining pool"
+    else:
+        source = f"{cfg.head.num_samples} new renders"
     log(
         f"embedding the head's labelled images ({source}, {cfg.head.draws} augmentation "
         "draws each) with the frozen encoder"
     )
     t0 = time.monotonic()
-    embeddings = build_head_embeddings(cfg, encoder.state_dict())
+    embeddings = build_head_embeddings(cfg, encoder.state_dict(), pool=pool)
     n = embeddings.count()
     log(f"embedded {n} images in {time.monotonic() - t0:.0f}s")
     head = create_head_for(encoder, cfg.model)
@@ -226,7 +232,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
 
         # Stage 2: the pose head on the frozen encoder.
         t0 = time.monotonic()
-        model, head = train_head_stage(cfg, encoder, name)
+        model, head = train_head_stage(cfg, encoder, name, pool=pool)
         timings["head_s"] = time.monotonic() - t0
 
         # Quick evaluation on identities never seen in training, over all of SO(3).

@@ -130,6 +130,7 @@ def fit(
     dataset_prefix: str = "epoch_",
     passes: int = 1,
     shuffle_buffer: int | None = None,
+    in_memory: bool = False,
 ) -> dict[str, Any]:
     """The epoch loop shared by both stages, inside a Ray Train worker.
 
@@ -138,7 +139,9 @@ def fit(
     no retry, last good checkpoint kept); reports metrics and a checkpoint every epoch; honours
     ``section.time_limit_s``. ``trainable`` (default ``model``) is what is checkpointed.
     An epoch makes ``passes`` passes over its shard (``steps`` counts the steps of all passes);
-    ``shuffle_buffer`` rows are shuffled locally as batches are drawn (None: stream order).
+    ``shuffle_buffer`` rows are shuffled locally as batches are drawn (None: stream order). With
+    ``in_memory`` the epoch's shard is read once into tensors and every pass is a full random
+    permutation of it (for small rows such as cached embeddings; ``shuffle_buffer`` is unused).
 
     Returns:
         ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
@@ -186,7 +189,10 @@ def fit(
         shard = ray.train.get_dataset_shard(f"{dataset_prefix}{epoch}")
         step_losses: list[float] = []
         seen = 0
-        batches = _passes(shard, passes, per_worker, shuffle_buffer)
+        if in_memory:
+            batches = _memory_passes(shard, passes, per_worker)
+        else:
+            batches = _passes(shard, passes, per_worker, shuffle_buffer)
         for step, batch in enumerate(batches, start=1):
             with autocast(device, amp):
                 loss, n = loss_step(batch)
@@ -272,6 +278,24 @@ def _passes(shard, passes: int, per_worker: int, shuffle_buffer: int | None):
             collate_fn=numeric_tensors,
             local_shuffle_buffer_size=shuffle_buffer,
         )
+
+
+def _memory_passes(shard, passes: int, per_worker: int):
+    # Written here, not with Ray Data's shuffles: for a shard that fits in memory (the head's
+    # cached embeddings: rows x a few hundred floats), one read and torch.randperm per pass
+    # cost a fraction of re-streaming every pass through a local shuffle buffer, which took
+    # longer than the head's own steps. Each rank draws from torch's seeded generator.
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in shard.iter_torch_batches(batch_size=8192, collate_fn=numeric_tensors):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    columns = {k: torch.cat(v) for k, v in parts.items()}
+    n = len(next(iter(columns.values()))) if columns else 0
+    for _ in range(passes):
+        order = torch.randperm(n)
+        for i in range(0, n - per_worker + 1, per_worker):
+            idx = order[i : i + per_worker]
+            yield {k: v[idx] for k, v in columns.items()}
 
 
 def parameter_checksum(module: torch.nn.Module) -> str:

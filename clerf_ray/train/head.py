@@ -8,8 +8,10 @@ a backbone forward, so the head sees thousands of steps in the time that one pas
 would take.
 
 Labelled images are, by default, ``head.num_samples`` renders of training identities over all of
-SO(3) (both images of each rendered pair), or a labelled Parquet set (``head.labelled_path``, the
-shared schema of ``clerf_ray.data.schema``). Each image is embedded ``head.draws`` times, once per
+SO(3) (both images of each rendered pair; in the main job, pairs of the pretraining pool, which
+trained the head as well as new renders: 7.6 vs 7.7 deg held-out median, one view, one encoder),
+or a labelled Parquet set (``head.labelled_path``, the shared schema of
+``clerf_ray.data.schema``). Each image is embedded ``head.draws`` times, once per
 augmentation draw (with its exact label transform): renders are made once and kept in Ray's object
 store, so a draw costs one encoder forward. Draws of one render train the head about as well as new
 renders (8,192 renders x 4 draws: 7.5 deg held-out median; 32,768 renders x 1: 7.7; one encoder).
@@ -58,23 +60,34 @@ class EmbedImages:
         }
 
 
-def head_images(cfg):
+def head_images(cfg, pool=None):
     """The head stage's labelled images: ``head.draws`` augmentation draws (epochs 0, 1, ... of
-    the augmentation seeds) of ``head.num_samples`` renders of training identities, rendered
-    once, or of the rows of ``head.labelled_path``; columns ``image``, ``R``, ``source``."""
+    the augmentation seeds) of ``head.num_samples`` labelled images, as columns ``image``,
+    ``R``, ``source``. The images are, in this order of preference: the rows of
+    ``head.labelled_path``; the first ``head.num_samples / 2`` pairs of ``pool`` (the
+    pretraining pool of :func:`clerf_ray.data.pairs.render_pool`, with ``head.reuse_pool``),
+    drawn with augmentation seeds of their own; or new renders of training identities,
+    rendered once."""
     from clerf_ray.data.pairs import build_labelled_image_dataset, render_pool
 
-    head_data = cfg.data.pair_config(seed=cfg.seed + 1, num_pairs=max(1, cfg.head.num_samples // 2))
-    path = cfg.head.labelled_path
-    pool = render_pool(head_data) if path is None and cfg.head.draws > 1 else None
+    h = cfg.head
+    num_pairs = max(1, h.num_samples // 2)
+    head_data = cfg.data.pair_config(seed=cfg.seed + 1, num_pairs=num_pairs)
+    path = h.labelled_path
+    if path is None and pool is not None and h.reuse_pool:
+        pool = pool.limit(num_pairs)
+    elif path is None and h.draws > 1:
+        pool = render_pool(head_data)
+    else:
+        pool = None
     draws = [
         build_labelled_image_dataset(head_data, epoch=e, labelled_path=path, pool=pool)
-        for e in range(cfg.head.draws)
+        for e in range(h.draws)
     ]
     return draws[0].union(*draws[1:]) if len(draws) > 1 else draws[0]
 
 
-def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None):
+def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None, pool=None):
     """The head stage's training set: a materialised ``ray.data.Dataset`` with columns ``z``
     (the head's input: pooled features or embedding, by ``model.head_input``) and ``R`` (3x3
     label), one row per labelled image.
@@ -83,11 +96,12 @@ def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None):
         cfg: the run's :class:`clerf_ray.config.Config`.
         encoder_state: state dict of the trained encoder.
         images: a dataset with ``image`` and ``R`` columns; default: :func:`head_images`.
+        pool: the pretraining pool, passed to :func:`head_images`.
     """
     import ray.data
 
     if images is None:
-        images = head_images(cfg)
+        images = head_images(cfg, pool=pool)
     gpu = common.use_gpu(cfg.head.use_gpu)
     return images.map_batches(
         EmbedImages,
@@ -149,4 +163,5 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
         loss_step=loss_step,
         passes=h.passes,
         shuffle_buffer=h.shuffle_buffer,
+        in_memory=h.in_memory,
     )

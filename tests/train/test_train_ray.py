@@ -306,6 +306,52 @@ def test_head_images_are_draws_of_renders_made_once(ray_cluster, tmp_path):
         distinct = {np.round(R, 4).tobytes() for R in labels}
         assert len(distinct) == draws  # one label per draw, shared by the pair's two images
 
+    # With the pretraining pool (head.reuse_pool), the images are the pool's own renders: the
+    # first num_samples / 2 pairs, with new draws. Their poses are the pool's (un-augmented)
+    # labels up to what the augmentations leave unchanged.
+    from clerf_ray.data.pairs import render_pool
+
+    pool = render_pool(cfg.data.pair_config(seed=cfg.seed))
+    pool_rows = pool.take_all()
+    pool_keys = {
+        np.round(np.abs(np.asarray(r["R"], dtype=np.float64)[:, 2]), 4).tobytes() for r in pool_rows
+    }
+    reused = head_images(cfg, pool=pool).take_all()
+    assert len(reused) == draws * 12
+    keys = {
+        np.round(np.abs(np.asarray(r["R"], dtype=np.float64)[:, 2]), 4).tobytes() for r in reused
+    }
+    assert len(keys) == 6 and keys <= pool_keys
+    pool_images = {np.asarray(r["anchor"]).tobytes() for r in pool_rows}
+    # No augmentation draw leaves an FA image unchanged, so compare through the un-augmented
+    # pool: with augment=none the head's images are exactly pool images.
+    plain = tiny_config(tmp_path, "head.num_samples=12", "head.draws=1", "data.augment=none")
+    same = head_images(plain, pool=pool).take_all()
+    assert sum(np.asarray(r["image"]).tobytes() in pool_images for r in same) == 6
+
+
+def test_in_memory_passes_are_permutations_that_keep_rows_together(ray_cluster):
+    """``head.in_memory``: each pass draws full batches from a permutation of the shard's rows,
+    every row at most once per pass, with its columns kept together."""
+    import ray.data
+
+    n, batch, passes = 10, 4, 3
+    rows = np.arange(n, dtype=np.float32)
+    ds = ray.data.from_numpy(rows[:, None] * np.ones((1, 3), np.float32)).map_batches(
+        lambda b: {"z": b["data"], "R": b["data"][:, 0] * 2}, batch_format="numpy", num_cpus=0.1
+    )
+    torch.manual_seed(0)
+    batches = list(common._memory_passes(ds, passes, batch))
+    assert len(batches) == passes * (n // batch)
+    per_pass = [torch.cat([b["R"] for b in batches[i : i + 2]]) for i in range(0, len(batches), 2)]
+    for b in batches:
+        assert b["z"].shape == (batch, 3)
+        torch.testing.assert_close(b["R"], b["z"][:, 0] * 2)  # the row's columns stay together
+    for drawn in per_pass:
+        assert len(set(drawn.tolist())) == 2 * batch  # no row twice within a pass
+        assert set(drawn.tolist()) <= set((rows * 2).tolist())
+    assert len({tuple(d.tolist()) for d in per_pass}) == passes  # a new order every pass
+
 
 def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
     from clerf_ray.models import create_encoder
