@@ -190,7 +190,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
     import mlflow
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_pair_dataset
+    from clerf_ray.data.pairs import build_pair_dataset, pairs_per_epoch
     from clerf_ray.models import create_encoder
     from clerf_ray.train.pretrain import pretrain_loop
     from clerf_ray.train.runner import epoch_datasets, run_stage
@@ -210,14 +210,15 @@ def run_recipe(cfg: Config) -> RecipeResult:
         t0 = time.monotonic()
         pair_cfg = cfg.data.pair_config(seed=cfg.seed)
         pool = pretrain_pool(cfg, pair_cfg)
+        num_pairs = pool.count() if pool is not None else pairs_per_epoch(pair_cfg)
         log(
             f"pretraining {cfg.model.backbone} for {cfg.pretrain.epochs} epochs of "
-            f"{cfg.data.num_pairs} pairs"
+            f"{num_pairs} pairs"
         )
         pre = run_stage(
             stage="pretrain",
             loop=pretrain_loop,
-            loop_config={"cfg": cfg_dict},
+            loop_config={"cfg": cfg_dict, "num_pairs": num_pairs},
             section=cfg.pretrain,
             datasets=epoch_datasets(
                 build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg, pool=pool

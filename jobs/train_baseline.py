@@ -8,7 +8,7 @@ Budget (the same config as the CLERF run it is compared with):
   steps    pretrain.batch_size counts pairs, so a baseline step holds 2 x pretrain.batch_size
            images: a CLERF step of 64 pairs embeds 128 images, and so does a baseline step;
            steps per epoch, epochs, learning rate, schedule and time limit are pretrain's
-  not      CLERF's head stage (head.num_samples more labelled renders, frozen encoder)
+  not      CLERF's head stage (head.draws more draws of head.num_samples images, frozen encoder)
 
 python jobs/train_baseline.py                                # with geometric augmentation (fa)
 python jobs/train_baseline.py data.augment=none --name clerf-baseline-noaug

@@ -708,6 +708,33 @@ def read_pair_shards(path: str, *, endpoint_url: str | None = None, **read_optio
     return ray.data.read_parquet(shards, filesystem=fs, **read_options)
 
 
+def pairs_per_epoch(cfg: PairDataConfig) -> int:
+    """How many pairs one epoch of :func:`build_pair_dataset` yields: ``num_pairs`` for
+    synthetic pairs, the anchors the renderer can pair for ``real_anchor``
+    (:func:`real_anchor_counts`), the rows of the pair shards for ``shards`` (from their Parquet
+    footers; no row is read). Training stages size their steps and schedules with it."""
+    import pyarrow.parquet as pq
+
+    from clerf_ray.data.shards import list_shards, resolve
+
+    if cfg.source == "real_anchor":
+        return real_anchor_counts(cfg)["pairs"]
+    if cfg.source != "shards":
+        return cfg.num_pairs
+    fs, root = resolve(cfg.shards_path)
+    shards = list_shards(fs, root)
+    if not shards:
+        raise FileNotFoundError(
+            f"data.shards_path: no part-*.parquet shards under {cfg.shards_path!r}"
+        )
+    _check_pair_shard(fs, shards[0], cfg.shards_path)
+    rows = 0
+    for shard in shards:
+        with fs.open_input_file(shard) as f:
+            rows += pq.read_metadata(f).num_rows
+    return rows
+
+
 def _check_pair_shard(fs, shard: str, path: str) -> None:
     import pyarrow.parquet as pq
 

@@ -35,7 +35,10 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
     loss_fn = ContrastivePoseLoss(
         m=p.m, gamma=p.gamma, negative_margin_deg=p.negative_margin_deg, distributed=world > 1
     )
-    per_worker, steps = common.global_batches(cfg.data.num_pairs, p.batch_size, world)
+    # Pairs per epoch, counted on the driver (real anchors in range, shard rows); data.num_pairs
+    # for synthetic pairs.
+    num_pairs = int(config.get("num_pairs", cfg.data.num_pairs))
+    per_worker, steps = common.global_batches(num_pairs, p.batch_size, world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     preprocess = common.unwrap(model).preprocess
 

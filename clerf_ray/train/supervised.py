@@ -17,9 +17,9 @@ CLERF's pretraining budget, measured in images and optimiser steps:
   images, with the same optimiser settings (``pretrain``: epochs, learning rate and schedule,
   weight decay, workers, time limit).
 
-Not included: CLERF's head stage also fits its head on ``head.num_samples`` further labelled
-renders through the frozen encoder; the baseline has no second stage and sees only the images
-above. ``data.augment`` sets the geometric augmentation (``fa`` as CLERF, ``none`` without;
+Not included: CLERF's head stage then fits its head on ``head.draws`` further augmentation
+draws of ``head.num_samples`` images (by default from the same pool) through the frozen
+encoder, about two more minutes on the laptop default; the baseline has no second stage. ``data.augment`` sets the geometric augmentation (``fa`` as CLERF, ``none`` without;
 ``sa`` slight rotations only).
 
     python jobs/train_baseline.py data.augment=none           # registers clerf-baseline@candidate
@@ -66,12 +66,16 @@ def baseline_batch_size(cfg) -> int:
 
 
 def num_baseline_samples(cfg, labelled_path: str | None) -> int:
-    """Labelled images per epoch: the labelled set's rows, else two per rendered pair."""
+    """Labelled images per epoch: the labelled set's rows, else two per pair of pretraining's
+    pair stream (``clerf_ray.data.pairs.pairs_per_epoch``: real anchors in range, shard rows,
+    or ``data.num_pairs``)."""
     if labelled_path:
         from clerf_ray.data.schema import load_labelled
 
-        return load_labelled(labelled_path).num_rows
-    return 2 * cfg.data.num_pairs
+        return load_labelled(labelled_path, columns=["R"]).num_rows
+    from clerf_ray.data.pairs import pairs_per_epoch
+
+    return 2 * pairs_per_epoch(cfg.data.pair_config(seed=cfg.seed))
 
 
 def pair_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -354,7 +354,7 @@ def mixed_range_set(tmp_path_factory, renderer):
 def test_real_anchor_skips_poses_the_renderer_cannot_draw(
     ray_cluster, limited_range_renderer, mixed_range_set, caplog, tmp_path
 ):
-    from clerf_ray.data.pairs import real_anchor_counts
+    from clerf_ray.data.pairs import pairs_per_epoch, real_anchor_counts
 
     inside = mixed_range_set["inside"]
     # The hand-picked split agrees with the range test the fixture renderer enforces.
@@ -367,6 +367,7 @@ def test_real_anchor_skips_poses_the_renderer_cannot_draw(
         augment="none",
     )
     assert real_anchor_counts(cfg) == {"anchors": 8, "out_of_range": 3, "pairs": 5}
+    assert pairs_per_epoch(cfg) == 5  # what pretraining and the baseline size their epochs by
     with caplog.at_level("WARNING", logger="clerf_ray.data.pairs"):
         # The renderer raises on any pose outside its range: the pipeline finishing shows that
         # none reached it.

@@ -99,6 +99,13 @@ def test_render_job_local_rerun_and_report(ray_cluster, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["_report.json", "part-00000.parquet"]
     check_pairs(read_pairs(str(out)), 6)
 
+    # Training sizes its epochs from the shards themselves, not from data.num_pairs.
+    from clerf_ray.data.pairs import pairs_per_epoch
+
+    shards_cfg = PairDataConfig(source="shards", shards_path=str(out), num_pairs=100)
+    assert pairs_per_epoch(shards_cfg) == len(read_pairs(str(out))["pair_id"]) == 6
+    assert pairs_per_epoch(PairDataConfig(num_pairs=100)) == 100
+
 
 @pytest.mark.parametrize(
     "argv, message",
