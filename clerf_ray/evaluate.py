@@ -100,7 +100,11 @@ def heldout_renders(pair_cfg, num_samples: int) -> tuple[np.ndarray, np.ndarray]
     from clerf_ray.data.pairs import build_labelled_image_dataset
 
     cfg = replace(pair_cfg, num_pairs=max(1, (num_samples + 1) // 2), source="synthetic")
-    rows = build_labelled_image_dataset(cfg).take_all()[:num_samples]
+    rows = build_labelled_image_dataset(cfg).take_all()
+    # Ray returns rows in the order its tasks finish; a fixed order keeps the set (for an odd
+    # num_samples) and the per-index draws of the SA/FA variants the same from run to run.
+    rows.sort(key=lambda r: (np.asarray(r["R"]).tobytes(), np.asarray(r["image"]).tobytes()))
+    rows = rows[:num_samples]
     images = np.stack([r["image"] for r in rows])
     R = np.stack([np.asarray(r["R"], dtype=np.float64).reshape(3, 3) for r in rows])
     return images, R

@@ -501,3 +501,27 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def test_heldout_renders_come_in_one_order_whatever_order_ray_returns(ray_cluster):
+    """Ray hands rows back in the order its tasks finish; the held-out set (and so the per-index
+    draws of the SA/FA variants) must not depend on it: rows are ordered by their labels."""
+    from clerf_ray.data.pairs import PairDataConfig
+    from clerf_ray.evaluate import heldout_renders
+
+    cfg = PairDataConfig(
+        renderer_options={"image_size": 16, "supersample": 1},
+        identities=(2_000_000, 2_000_100),
+        augment="fa",
+        seed=5,
+        render_batch_size=2,
+        render_num_cpus=0.25,
+        stage_num_cpus=0.1,
+    )
+    images, R = heldout_renders(cfg, 7)
+    assert images.shape == (7, 16, 16, 3) and R.shape == (7, 3, 3)
+    keys = [r.astype(np.float32).tobytes() for r in R]  # the rows carry float32 labels
+    assert keys == sorted(keys)
+    images2, R2 = heldout_renders(cfg, 7)
+    np.testing.assert_array_equal(R2, R)
+    np.testing.assert_array_equal(images2, images)
