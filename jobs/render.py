@@ -124,19 +124,29 @@ def main(argv: list[str] | None = None) -> int:
         f"(seed {pair_cfg.seed}) -> {args.output}",
         flush=True,
     )
-    try:
-        report = write_pair_shards(
+    return _write(
+        args,
+        "pairs",
+        lambda log: write_pair_shards(
             pair_cfg,
             args.output,
             shard_rows=args.shard_rows,
             endpoint_url=args.endpoint_url,
-            log=lambda line: print(line, flush=True),
-        )
+            log=log,
+        ),
+    )
+
+
+def _write(args: argparse.Namespace, kind: str, write) -> int:
+    """Run ``write(log)`` (a shard writer), report its counts; exit status 2 on bad input."""
+    try:
+        report = write(lambda line: print(line, flush=True))
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"render: error: {e}", file=sys.stderr)
         return 2
+    count = report["counts"]["pairs" if kind == "pairs" else "written"]
     print(
-        f"render: {report['counts']['pairs']} pairs in {len(report['shards'])} shards at "
+        f"render: {count} {kind} in {len(report['shards'])} shards at "
         f"{args.output} ({report['elapsed_s']:.1f} s)"
     )
     return 0
@@ -151,24 +161,19 @@ def _labelled(args: argparse.Namespace, pair_cfg) -> int:
         f"{list(pair_cfg.identities)} (seed {pair_cfg.seed}) -> {args.output}",
         flush=True,
     )
-    try:
-        report = write_labelled_renders(
+    return _write(
+        args,
+        "labelled images",
+        lambda log: write_labelled_renders(
             pair_cfg,
             args.output,
             num_images=args.num_images,
             image_format=args.image_format,
             shard_rows=args.shard_rows,
             endpoint_url=args.endpoint_url,
-            log=lambda line: print(line, flush=True),
-        )
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"render: error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"render: {report['counts']['written']} labelled images in {len(report['shards'])} "
-        f"shards at {args.output} ({report['elapsed_s']:.1f} s)"
+            log=log,
+        ),
     )
-    return 0
 
 
 if __name__ == "__main__":

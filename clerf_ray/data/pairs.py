@@ -698,6 +698,12 @@ def read_pair_shards(path: str, *, endpoint_url: str | None = None, **read_optio
     :func:`clerf_ray.data.schema.read_labelled` does."""
     import ray.data
 
+    fs, shards = _pair_shards(path, endpoint_url=endpoint_url)
+    return ray.data.read_parquet(shards, filesystem=fs, **read_options)
+
+
+def _pair_shards(path: str, endpoint_url: str | None = None):
+    """(filesystem, shard paths) of a pair-shard set, its first shard's schema checked."""
     from clerf_ray.data.shards import list_shards, resolve
 
     fs, root = resolve(path, endpoint_url=endpoint_url)
@@ -705,7 +711,7 @@ def read_pair_shards(path: str, *, endpoint_url: str | None = None, **read_optio
     if not shards:
         raise FileNotFoundError(f"data.shards_path: no part-*.parquet shards under {path!r}")
     _check_pair_shard(fs, shards[0], path)
-    return ray.data.read_parquet(shards, filesystem=fs, **read_options)
+    return fs, shards
 
 
 def pairs_per_epoch(cfg: PairDataConfig) -> int:
@@ -715,19 +721,11 @@ def pairs_per_epoch(cfg: PairDataConfig) -> int:
     footers; no row is read). Training stages size their steps and schedules with it."""
     import pyarrow.parquet as pq
 
-    from clerf_ray.data.shards import list_shards, resolve
-
     if cfg.source == "real_anchor":
         return real_anchor_counts(cfg)["pairs"]
     if cfg.source != "shards":
         return cfg.num_pairs
-    fs, root = resolve(cfg.shards_path)
-    shards = list_shards(fs, root)
-    if not shards:
-        raise FileNotFoundError(
-            f"data.shards_path: no part-*.parquet shards under {cfg.shards_path!r}"
-        )
-    _check_pair_shard(fs, shards[0], cfg.shards_path)
+    fs, shards = _pair_shards(cfg.shards_path)
     rows = 0
     for shard in shards:
         with fs.open_input_file(shard) as f:
