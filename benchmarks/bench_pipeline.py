@@ -27,9 +27,9 @@ import numpy as np
 
 
 def _cfg(ns):
-    from clerf_ray.data.pairs import PairDataConfig
+    from clerf_ray.config import PairDataConfig
 
-    return PairDataConfig(
+    return PairDataConfig.from_defaults(
         renderer=ns.renderer,
         renderer_options={"image_size": ns.size, **dict(ns.option)},
         num_pairs=ns.pairs,

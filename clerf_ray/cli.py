@@ -193,7 +193,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
 
     variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
     if ns.data == "synthetic":
-        from clerf_ray.recipe import init_ray
+        from clerf_ray.ray_init import init_ray
 
         init_ray()
     try:

@@ -7,13 +7,124 @@ overrides over that. Bad values fail at load with the field's dotted name.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clerf_ray.data.pairs import PairDataConfig
+
+@dataclass
+class PairDataConfig:
+    """How pairs are made: the pair stream's parameters, built from the config's ``data``
+    section by :meth:`DataSection.pair_config` (or :meth:`from_defaults`); no field has a
+    default of its own, so the section's defaults are the only ones.
+
+    Attributes:
+        source: ``"synthetic"``, ``"real_anchor"`` or ``"shards"``.
+        renderer: registered renderer name (``clerf_ray.render.list_renderers()``).
+        renderer_options: keyword options for ``make_renderer`` (``image_size`` among them).
+        num_pairs: pairs per epoch (synthetic); real_anchor and shards use every row once.
+        poses: ``"so3"`` (uniform), ``"ranges"`` (Euler ranges below, degrees) or the path of a
+            labelled Parquet set whose poses are resampled.
+        yaw_range, pitch_range, roll_range: Euler ranges in degrees for ``poses="ranges"``.
+        labelled_path: labelled Parquet set (local or s3://) for ``real_anchor``.
+        shards_path: rendered pair shards (local or s3://) for ``source="shards"``.
+        identities: half-open range of identity seeds to draw from (keep evaluation identities
+            outside it).
+        augment: augmentation preset (``"none"``, ``"sa"``, ``"fa"``).
+        seed: base seed of every random draw.
+        render_batch_size: images per renderer call.
+        num_render_actors: renderer actor pool size.
+        render_num_cpus, render_num_gpus: per-actor budget. Keep CPU fractional on small machines.
+        render_resources: custom Ray resources per actor, e.g. ``{"renderer": 1}`` to pin actors
+            to renderer nodes.
+        stage_num_cpus: CPU budget of the light stages (sampling, decoding, augmentation).
+    """
+
+    source: str
+    renderer: str
+    renderer_options: dict[str, Any]
+    num_pairs: int
+    poses: str
+    yaw_range: tuple[float, float]
+    pitch_range: tuple[float, float]
+    roll_range: tuple[float, float]
+    labelled_path: str | None
+    shards_path: str | None
+    identities: tuple[int, int]
+    augment: str
+    seed: int
+    render_batch_size: int
+    num_render_actors: int
+    render_num_cpus: float
+    render_num_gpus: float
+    render_resources: dict[str, float] | None
+    stage_num_cpus: float
+
+    @classmethod
+    def from_defaults(cls, **changes) -> PairDataConfig:
+        """The pair stream of a default :class:`Config` (``seed`` included), with ``changes``."""
+        cfg = Config()
+        return cfg.data.pair_config(**{"seed": cfg.seed, **changes})
+
+    def __post_init__(self):
+        if self.source not in ("synthetic", "real_anchor", "shards"):
+            raise ValueError(
+                f"data.source must be 'synthetic', 'real_anchor' or 'shards', got {self.source!r}"
+            )
+        if self.source == "real_anchor" and not self.labelled_path:
+            raise ValueError("data.labelled_path is required when data.source is 'real_anchor'")
+        if self.source == "shards" and not self.shards_path:
+            raise ValueError("data.shards_path is required when data.source is 'shards'")
+        if isinstance(self.num_pairs, bool) or int(self.num_pairs) != self.num_pairs:
+            raise ValueError(f"data.num_pairs must be an integer, got {self.num_pairs!r}")
+        if self.num_pairs <= 0:
+            raise ValueError(f"data.num_pairs must be positive, got {self.num_pairs}")
+        if not isinstance(self.renderer, str):
+            raise ValueError(f"data.renderer must be a renderer name, got {self.renderer!r}")
+        try:
+            from clerf_ray.render import renderer_class
+
+            renderer_class(self.renderer)
+        except ValueError as e:
+            raise ValueError(f"data.renderer: {e}") from None
+        if "image_size" not in self.renderer_options:
+            raise ValueError("data.renderer_options.image_size is required (the output side)")
+        size = self.renderer_options["image_size"]
+        if isinstance(size, bool) or int(size) != size or size < 8:
+            raise ValueError(
+                f"data.renderer_options.image_size must be an integer >= 8, got {size!r}"
+            )
+        if not self.poses:
+            raise ValueError("data.poses must be 'so3', 'ranges' or a labelled set's path, got ''")
+        for name in ("yaw_range", "pitch_range", "roll_range"):
+            r = getattr(self, name)
+            if len(r) != 2 or not all(np.isfinite(r)) or r[0] > r[1]:
+                raise ValueError(
+                    f"data.{name} must be (low, high) degrees with low <= high, got {r}"
+                )
+        lo, hi = self.identities
+        if not (0 <= lo and hi - lo >= 2):
+            raise ValueError(
+                f"data.identities must be a range [low, high) of at least 2 seeds, got {self.identities}"
+            )
+        for name in ("render_batch_size", "num_render_actors"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"data.{name} must be an integer >= 1, got {v!r}")
+        for name in ("render_num_cpus", "render_num_gpus", "stage_num_cpus"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"data.{name} must be a number >= 0, got {v!r}")
+        from clerf_ray.augment import GeometricAugment
+
+        try:
+            GeometricAugment.preset(self.augment)
+        except ValueError as e:
+            raise ValueError(f"data.augment: {e}") from None
 
 
 class _Section(BaseModel):
@@ -21,7 +132,8 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    """Pretraining pairs (``clerf_ray.data.pairs.PairDataConfig``)."""
+    """Pretraining pairs; :meth:`pair_config` builds the pair stream's parameters
+    (:class:`PairDataConfig`) from it."""
 
     source: Literal["synthetic", "real_anchor", "shards"] = "synthetic"
     renderer: str = "procedural"
@@ -50,10 +162,17 @@ class DataSection(_Section):
 
     def pair_config(self, seed: int, **changes) -> PairDataConfig:
         """The stream config of this section (``image_size`` goes into the renderer options,
-        ``train_identities`` becomes ``identities``), with ``changes`` applied."""
+        ``train_identities`` becomes ``identities``), with ``changes`` applied; changed
+        ``renderer_options`` without ``image_size`` keep this section's."""
         kw = self.model_dump(exclude={"image_size", "train_identities", "pool"})
         kw["renderer_options"] = {"image_size": self.image_size, **self.renderer_options}
         kw.update(identities=self.train_identities, seed=seed)
+        if "renderer_options" in changes:
+            changes = dict(changes)
+            changes["renderer_options"] = {
+                "image_size": self.image_size,
+                **dict(changes["renderer_options"]),
+            }
         kw.update(changes)
         return PairDataConfig(**kw)
 
@@ -293,15 +412,3 @@ def add_config_arguments(parser, example: str = "pretrain.epochs=2") -> None:
     """The jobs' shared command line: ``--config FILE`` and free ``key=value`` overrides."""
     parser.add_argument("--config", help="YAML config file layered over the defaults")
     parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
-
-
-def config_from_args(args) -> Config | None:
-    """The config named by :func:`add_config_arguments`'s arguments, or None after printing
-    the error (naming the field or file) to stderr; jobs then exit with status 2."""
-    import sys
-
-    try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None

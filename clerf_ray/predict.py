@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from clerf_ray import geometry
+from clerf_ray.images import resize_square
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -261,7 +262,8 @@ class PosePredictor:
             except ValueError as e:
                 errors[i] = str(e)
                 continue
-            images.append(_resize(face, size))
+            # Faces of different sizes are stacked into one batch; the model resizes to the same size.
+            images.append(resize_square(face, size))
             ok.append(i)
             if self.draw:
                 full[i] = (image, box)
@@ -277,15 +279,6 @@ class PosePredictor:
             "error": np.asarray(errors, dtype=object),
             "annotated": np.asarray(annotated, dtype=object),
         }
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    # Faces of different sizes are stacked into one batch; the model resizes to the same size.
-    from PIL import Image
-
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
 # --------------------------------------------------------------------------- driver
@@ -472,7 +465,7 @@ def run_predict(
         results.append(Outcome(p, None, f"{p}: no such file"))
     results += predict_local(model, [p for p in singles if p not in missing], boxes, bool(out))
     if prefixes:
-        from clerf_ray.recipe import init_ray
+        from clerf_ray.ray_init import init_ray
 
         init_ray()
         for prefix in prefixes:

@@ -8,8 +8,9 @@ ray job submit --working-dir . -- python jobs/pretrain.py  # on a running cluste
 import argparse
 import sys
 
-from clerf_ray.config import add_config_arguments, config_from_args
-from clerf_ray.recipe import run_recipe, summary_table
+from clerf_ray.config import add_config_arguments
+from clerf_ray.preflight import config_from_args
+from clerf_ray.runs.clerf import run_recipe, summary_table
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clerf_ray.data.shards import DEFAULT_SHARD_ROWS
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -58,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="jpeg",
         help="encoding of --labelled images (png: lossless)",
     )
-    p.add_argument("--shard-rows", type=int, default=1000, help="pairs (or images) per shard")
+    p.add_argument(
+        "--shard-rows", type=int, default=DEFAULT_SHARD_ROWS, help="pairs (or images) per shard"
+    )
     p.add_argument(
         "--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)"
     )
@@ -83,9 +87,10 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clerf_ray.config import ConfigError, load_config
+    from clerf_ray.config import ConfigError
     from clerf_ray.data.pairs import write_pair_shards
-    from clerf_ray.recipe import init_ray
+    from clerf_ray.preflight import load_checked_config
+    from clerf_ray.ray_init import init_ray
 
     args = parse_args(argv)
     usage = None
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         # Flags last: they win over the file and the free-form overrides.
-        cfg = load_config(args.config, list(args.overrides) + _flag_overrides(args))
+        cfg = load_checked_config(args.config, list(args.overrides) + _flag_overrides(args))
         pair_cfg = cfg.data.pair_config(seed=cfg.seed)
         if args.labelled and pair_cfg.source != "synthetic":
             raise ValueError(

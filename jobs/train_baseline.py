@@ -19,8 +19,9 @@ ray job submit --working-dir . -- python jobs/train_baseline.py
 import argparse
 import sys
 
-from clerf_ray.config import add_config_arguments, config_from_args
-from clerf_ray.train.supervised import train_baseline
+from clerf_ray.config import add_config_arguments
+from clerf_ray.preflight import config_from_args
+from clerf_ray.runs.baseline import train_baseline
 
 
 def main(argv=None) -> int:

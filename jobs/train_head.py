@@ -11,8 +11,9 @@ version of ``tracking.head_name`` (alias candidate) tagged with the encoder vers
 import argparse
 import sys
 
-from clerf_ray.config import add_config_arguments, config_from_args
-from clerf_ray.train.head_on_registered import summary_table, train_head_on
+from clerf_ray.config import add_config_arguments
+from clerf_ray.preflight import config_from_args
+from clerf_ray.runs.head_on_registered import summary_table, train_head_on
 
 
 def main(argv=None) -> int:

@@ -127,3 +127,64 @@ def test_pair_config_maps_section_fields_and_applies_changes():
     assert held.identities == (2_000_000, 2_000_100)
     assert held.augment == "none"
     assert held.num_pairs == cfg.data.num_pairs
+
+
+def test_parameter_objects_built_from_a_default_config_carry_its_values():
+    """The pair stream, the encoder and the head take every value from the config's sections:
+    no field of theirs has a default of its own that could drift from the config's."""
+    import dataclasses
+
+    from clerf_ray.config import PairDataConfig
+    from clerf_ray.models import EncoderConfig, HeadConfig, create_encoder, create_head_for
+
+    cfg = Config()
+    # Changed values as well as defaults, so that a field silently falling back to a default
+    # of the parameter object is seen.
+    data = cfg.data.model_copy(update={"num_pairs": 123, "render_batch_size": 7, "augment": "sa"})
+    stream = data.pair_config(seed=5)
+    section = data.model_dump()
+    for f in dataclasses.fields(PairDataConfig):
+        if f.name == "identities":
+            assert stream.identities == section["train_identities"]
+        elif f.name == "seed":
+            assert stream.seed == 5
+        elif f.name == "renderer_options":
+            assert stream.renderer_options == {"image_size": data.image_size}
+        else:
+            assert getattr(stream, f.name) == section[f.name], f.name
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    assert stream.num_pairs == 123 and stream.augment == "sa"
+
+    for kind in (PairDataConfig, EncoderConfig, HeadConfig):
+        defaults = [
+            f.name
+            for f in dataclasses.fields(kind)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        ]
+        assert defaults == [], f"{kind.__name__} declares defaults for {defaults}"
+
+    model = cfg.model.model_copy(update={"head_hidden": (48, 24), "embedding_dim": 32})
+    enc = create_encoder(model, image_size=cfg.data.image_size)
+    assert dataclasses.asdict(enc.config) == {
+        "backbone": model.backbone,
+        "embedding_dim": 32,
+        "projection_hidden": model.projection_hidden,
+        "pretrained": model.pretrained,
+        "image_size": cfg.data.image_size,
+    }
+    head = create_head_for(enc, model)
+    assert head.config.hidden == (48, 24)
+    assert head.config.input == model.head_input == "features"
+    assert head.config.standardize is model.head_standardize is True
+    assert head.config.in_dim == enc.num_features
+
+
+def test_the_documented_laptop_defaults():
+    """The tuned laptop defaults the README's tables describe (a change here is a change of the
+    recipe: say what it bought)."""
+    cfg = Config()
+    assert (cfg.data.image_size, cfg.data.num_pairs, cfg.data.pool) == (64, 8192, True)
+    assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr) == (7, 64, 4e-3)
+    assert cfg.pretrain.time_limit_s == 600.0
+    assert (cfg.head.num_samples, cfg.head.draws, cfg.head.views) == (8192, 4, 8)
+    assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "features"

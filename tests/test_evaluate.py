@@ -4,13 +4,16 @@ store (no Ray needed: Parquet sets load with pyarrow)."""
 
 import csv
 import math
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from clerf_ray import evaluate, geometry
+
+# The heads these tests build read the L2-normalised embedding, unstandardised (the config's
+# default head reads the backbone features).
+EMB = {"input": "embedding", "standardize": False}
 
 
 def rz(deg):
@@ -144,31 +147,8 @@ def test_variants_are_seeded(base_set):
 # --------------------------------------------------------------------------- whole report
 
 
-def _fresh_store(d):
-    """A sqlite store in ``d`` with its artifacts there too (not ./mlruns), made current.
-
-    ``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI, which ``registry.setup`` then takes
-    for a user's choice and keeps: drop it so this store's registry is the one used.
-    """
-    import mlflow
-
-    from clerf_ray import registry
-
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    uri = registry.setup(f"sqlite:///{d}/mlflow.db")
-    for name in ("train", "eval", "clerf-eval"):
-        mlflow.create_experiment(name, artifact_location=f"file://{d}/artifacts/{name}")
-    mlflow.set_experiment("train")
-    return uri
-
-
-@pytest.fixture(autouse=True)
-def _registry_follows_setup(monkeypatch):
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fresh_store):
     """A sqlite MLflow store with a tiny random PoseModel registered as tiny-head@candidate."""
     import mlflow
 
@@ -176,11 +156,11 @@ def store(tmp_path_factory):
     from clerf_ray.models import PoseModel, create_encoder, create_head
 
     d = tmp_path_factory.mktemp("store")
-    uri = _fresh_store(d)
+    uri = fresh_store(d)
     enc = create_encoder(
         backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32
     )
-    model = PoseModel(enc, create_head(in_dim=16, hidden=(32,))).eval()
+    model = PoseModel(enc, create_head(EMB, in_dim=16, hidden=(32,))).eval()
     with mlflow.start_run() as run:
         src = registry.log_model(model, "pose_model")
     registry.register("tiny-head", src, run.info.run_id)
@@ -506,10 +486,10 @@ def torch_no_grad():
 def test_heldout_renders_come_in_one_order_whatever_order_ray_returns(ray_cluster):
     """Ray hands rows back in the order its tasks finish; the held-out set (and so the per-index
     draws of the SA/FA variants) must not depend on it: rows are ordered by their labels."""
-    from clerf_ray.data.pairs import PairDataConfig
+    from clerf_ray.config import PairDataConfig
     from clerf_ray.evaluate import heldout_renders
 
-    cfg = PairDataConfig(
+    cfg = PairDataConfig.from_defaults(
         renderer_options={"image_size": 16, "supersample": 1},
         identities=(2_000_000, 2_000_100),
         augment="fa",

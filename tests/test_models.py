@@ -26,7 +26,13 @@ from clerf_ray.models import (
     save_model,
 )
 
+# The heads these tests build read the L2-normalised embedding, unstandardised (the config's
+# default head reads the backbone features).
+EMB = {"input": "embedding", "standardize": False}
+
 SMALL = dict(backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32)
+# The same as a complete EncoderConfig (no field has a default of its own).
+SMALL_CFG = {**SMALL, "pretrained": None}
 
 
 @pytest.fixture
@@ -128,7 +134,7 @@ def test_paper_swin_setting_by_config_only():
 
 def test_head_outputs_rotations():
     torch.manual_seed(1)
-    head = create_head(in_dim=16, hidden=(32, 32))
+    head = create_head(EMB, in_dim=16, hidden=(32, 32))
     z = torch.cat([torch.randn(32, 16), 100.0 * torch.randn(4, 16), torch.zeros(1, 16)])
     R = head(z)
     assert R.shape == (37, 3, 3)
@@ -140,7 +146,7 @@ def test_head_outputs_rotations():
 def test_pose_model_keeps_a_frozen_encoder_frozen(images):
     torch.manual_seed(2)
     enc = create_encoder(**SMALL)
-    model = PoseModel(enc, create_head(in_dim=16), freeze_encoder=True)
+    model = PoseModel(enc, create_head(EMB, in_dim=16), freeze_encoder=True)
     model.train()
     assert not model.encoder.training and model.head.training
     assert not any(p.requires_grad for p in model.encoder.parameters())
@@ -154,7 +160,9 @@ def test_pose_model_keeps_a_frozen_encoder_frozen(images):
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
 
-    trainable = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=False)
+    trainable = PoseModel(
+        create_encoder(**SMALL), create_head(EMB, in_dim=16), freeze_encoder=False
+    )
     trainable.train()
     assert trainable.encoder.training
     trainable(x).sum().backward()
@@ -163,9 +171,9 @@ def test_pose_model_keeps_a_frozen_encoder_frozen(images):
 
 def test_pose_model_checks_dimensions():
     with pytest.raises(ValueError, match="in_dim"):
-        PoseModel(create_encoder(**SMALL), create_head(in_dim=8))
+        PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=8))
     with pytest.raises(ValueError, match="num_features 512"):
-        PoseModel(create_encoder(**SMALL), create_head(in_dim=16, input="features"))
+        PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16, input="features"))
 
 
 def test_features_head_reads_the_pooled_backbone_output_standardised(images):
@@ -179,13 +187,13 @@ def test_features_head_reads_the_pooled_backbone_output_standardised(images):
     head.set_input_stats(mean.numpy(), std.numpy())
     model = PoseModel(enc, head, freeze_encoder=True).eval()
     x = model.preprocess(images)
-    plain = create_head(in_dim=512, hidden=(24,))
+    plain = create_head(EMB, in_dim=512, hidden=(24,))
     plain.mlp.load_state_dict(head.mlp.state_dict())
     with torch.no_grad():
         expected = plain((enc.backbone(x) - mean) / std)
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
         # Not the embedding path: the projection's output gives something else.
-        other = create_head(in_dim=16, hidden=(24,))
+        other = create_head(EMB, in_dim=16, hidden=(24,))
         assert not torch.allclose(model(x), other(enc(x)), atol=1e-3)
     with pytest.raises(ValueError, match="512 values"):
         head.set_input_stats(np.zeros(3), np.ones(3))
@@ -216,21 +224,31 @@ def test_input_stats_match_numpy_over_concatenated_batches():
 def test_factories_accept_configs_mappings_keywords_and_model_section():
     from clerf_ray.config import ModelSection
 
-    a = create_encoder(EncoderConfig(**SMALL))
+    a = create_encoder(EncoderConfig(**SMALL_CFG))
     b = create_encoder(dict(SMALL))
-    c = create_encoder(EncoderConfig(**SMALL), embedding_dim=8)
-    assert a.config == b.config == EncoderConfig(**SMALL)
+    c = create_encoder(EncoderConfig(**SMALL_CFG), embedding_dim=8)
+    assert a.config == b.config == EncoderConfig(**SMALL_CFG)
     assert c.embedding_dim == 8
-    assert create_encoder().config == EncoderConfig()
-    assert EncoderConfig().backbone == "resnet10t" and EncoderConfig().image_size == 64
-    assert HeadConfig() == HeadConfig(in_dim=128, hidden=(256, 256))
+    # No arguments: the default config's model section and data.image_size, written out here.
+    assert create_encoder().config == EncoderConfig(
+        backbone="resnet10t",
+        embedding_dim=128,
+        projection_hidden=512,
+        pretrained=None,
+        image_size=64,
+    )
+    assert create_head(in_dim=7).config == HeadConfig(
+        in_dim=7, hidden=(512, 512), input="features", standardize=True
+    )
+    with pytest.raises(TypeError, match="in_dim is required"):
+        create_head()
 
     section = ModelSection(
         backbone="resnet10t", embedding_dim=24, head_hidden=(40,), head_input="embedding"
     )
     enc = create_encoder(section, image_size=32)
     assert enc.embedding_dim == 24 and enc.config.projection_hidden == section.projection_hidden
-    head = create_head(section)
+    head = create_head(section, in_dim=24)
     assert head.config == HeadConfig(in_dim=24, hidden=(40,), input="embedding", standardize=True)
     # The default section: the head reads the pooled features, whose width is the backbone's.
     head = create_head_for(enc, ModelSection(head_hidden=(40,)))
@@ -241,11 +259,11 @@ def test_factories_accept_configs_mappings_keywords_and_model_section():
     with pytest.raises(TypeError, match="hiden"):
         create_head({"hiden": (4,)})
     with pytest.raises(ValueError, match="embedding_dim"):
-        EncoderConfig(embedding_dim=0)
+        EncoderConfig(**{**SMALL_CFG, "embedding_dim": 0})
     with pytest.raises(ValueError, match=r"hidden\[1\]"):
-        HeadConfig(hidden=(8, -1))
+        HeadConfig(in_dim=4, hidden=(8, -1), input="features", standardize=True)
     with pytest.raises(ValueError, match="input must be one of"):
-        HeadConfig(input="logits")
+        HeadConfig(in_dim=4, hidden=(8,), input="logits", standardize=True)
 
 
 # --------------------------------------------------------------------------- pretrained weights
@@ -340,7 +358,7 @@ def _roundtrip_check(model, tmp_path, x):
 def _views_model(views: int) -> PoseModel:
     torch.manual_seed(11)
     return PoseModel(
-        create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=True, views=views
+        create_encoder(**SMALL), create_head(EMB, in_dim=16), freeze_encoder=True, views=views
     ).eval()
 
 
@@ -392,7 +410,7 @@ def test_eight_views_average_the_back_mapped_predictions_of_pil_augmented_images
 
 def test_views_are_validated_and_kept_by_save_and_load(tmp_path, images):
     with pytest.raises(ValueError, match="views must be one of"):
-        PoseModel(create_encoder(**SMALL), create_head(in_dim=16), views=4)
+        PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16), views=4)
     model = _views_model(8)
     save_model(model, None, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
@@ -417,9 +435,9 @@ def test_save_load_encoder_roundtrip(tmp_path, images):
 
 def test_save_load_head_and_pose_model_roundtrip(tmp_path, images):
     torch.manual_seed(6)
-    head = create_head(in_dim=16, hidden=(24,))
+    head = create_head(EMB, in_dim=16, hidden=(24,))
     _roundtrip_check(head, tmp_path / "h", torch.randn(5, 16))
-    model = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=True)
+    model = PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16), freeze_encoder=True)
     meta, loaded = _roundtrip_check(model, tmp_path / "p", model.preprocess(images))
     assert meta["kind"] == "pose_model" and loaded.freeze_encoder
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
@@ -438,7 +456,9 @@ def test_models_saved_before_head_inputs_existed_load_as_embedding_heads(tmp_pat
     """A config.json without the head's ``input``/``standardize`` (written by earlier versions)
     loads as a head on the embedding, without standardisation, and predicts as before."""
     torch.manual_seed(7)
-    model = PoseModel(create_encoder(**SMALL), create_head(in_dim=16), freeze_encoder=True).eval()
+    model = PoseModel(
+        create_encoder(**SMALL), create_head(EMB, in_dim=16), freeze_encoder=True
+    ).eval()
     save_model(model, None, str(tmp_path / "old"))
     cfg_path = tmp_path / "old" / "config.json"
     meta = json.loads(cfg_path.read_text())
@@ -466,13 +486,13 @@ def test_saved_encoder_keeps_pretrained_record_without_reloading_it(tmp_path):
 def test_save_model_rejects_a_config_of_another_model(tmp_path):
     enc = create_encoder(**SMALL)
     with pytest.raises(ValueError, match="does not describe"):
-        save_model(enc, EncoderConfig(**{**SMALL, "embedding_dim": 8}), str(tmp_path / "m"))
+        save_model(enc, EncoderConfig(**{**SMALL_CFG, "embedding_dim": 8}), str(tmp_path / "m"))
     with pytest.raises(TypeError, match="must be EncoderConfig or None"):
-        save_model(enc, HeadConfig(), str(tmp_path / "m"))
+        save_model(enc, create_head(in_dim=4).config, str(tmp_path / "m"))
 
 
 def test_load_model_refuses_pickled_weights(tmp_path):
-    head = create_head(in_dim=4, hidden=(4,))
+    head = create_head(EMB, in_dim=4, hidden=(4,))
     save_model(head, None, str(tmp_path / "m"))
     marker = tmp_path / "pwned"
     _marker_pickle(tmp_path / "m" / "model.safetensors", marker)
@@ -488,7 +508,7 @@ def test_load_model_refuses_pickled_weights(tmp_path):
 def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(str(tmp_path / "absent"))
-    head = create_head(in_dim=4, hidden=(4,))
+    head = create_head(EMB, in_dim=4, hidden=(4,))
     save_model(head, None, str(tmp_path / "m"))
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["head"]["hidden"] = [5]

@@ -8,7 +8,6 @@ make here, so pose recovery itself is not tested; see the agreement test)."""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -21,46 +20,27 @@ from clerf_ray.cli import main
 from clerf_ray.plots import draw_pose_axes
 from clerf_ray.predict import out_names, read_boxes
 
+# The heads these tests build read the L2-normalised embedding, unstandardised (the config's
+# default head reads the backbone features).
+EMB = {"input": "embedding", "standardize": False}
+
 REF = "tiny-head@candidate"
 
 
-def _fresh_store(d):
-    """A sqlite store in ``d`` with its artifacts there too (not ./mlruns), made current.
-
-    ``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI, which ``registry.setup`` then takes
-    for a user's choice and keeps: drop it so this store's registry is the one used.
-    """
-    import mlflow
-
-    from clerf_ray import registry
-
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    uri = registry.setup(f"sqlite:///{d}/mlflow.db")
-    for name in ("train", "eval", "clerf-eval"):
-        mlflow.create_experiment(name, artifact_location=f"file://{d}/artifacts/{name}")
-    mlflow.set_experiment("train")
-    return uri
-
-
-@pytest.fixture(autouse=True)
-def _registry_follows_setup(monkeypatch):
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fresh_store):
     import mlflow
 
     from clerf_ray import registry
     from clerf_ray.models import PoseModel, create_encoder, create_head
 
     d = tmp_path_factory.mktemp("store")
-    uri = _fresh_store(d)
+    uri = fresh_store(d)
     torch.manual_seed(0)
     enc = create_encoder(
         backbone="resnet10t", image_size=32, embedding_dim=16, projection_hidden=32
     )
-    model = PoseModel(enc, create_head(in_dim=16, hidden=(32,))).eval()
+    model = PoseModel(enc, create_head(EMB, in_dim=16, hidden=(32,))).eval()
     with mlflow.start_run() as run:
         src = registry.log_model(model, "pose_model")
     registry.register("tiny-head", src, run.info.run_id)

@@ -3,7 +3,7 @@
 evaluation's Parquet sets, ``head.labelled_path``, ``data.poses``, real anchors) reads a render set
 exactly as it reads a prepared 300W-LP or AFLW2000.
 
-    cfg = PairDataConfig(renderer="procedural", poses="so3", identities=(2_000_000, 2_100_000))
+    cfg = PairDataConfig.from_defaults(renderer="procedural", poses="so3", identities=(2_000_000, 2_100_000))
     report = write_labelled_renders(cfg, "data/renders", num_images=2048)
 
 Row ``i`` uses the draws of pair ``i`` of the synthetic pair stream at epoch 0 with the same
@@ -30,15 +30,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from clerf_ray.data.pairs import (
-    PairDataConfig,
-    _pair_ids,
-    _pose_pool,
-    _sample_synthetic,
-    render_stage_options,
-)
+from clerf_ray.config import PairDataConfig
+from clerf_ray.data.render_stage import render_stage_options
+from clerf_ray.data.sampling import pair_ids, pose_pool, sample_synthetic
 from clerf_ray.data.schema import IMAGE_FORMATS, make_table
-from clerf_ray.data.shards import ShardWriter
+from clerf_ray.data.shards import DEFAULT_SHARD_ROWS, ShardWriter
 
 
 class RenderImages:
@@ -98,14 +94,14 @@ def labelled_render_dataset(cfg: PairDataConfig, num_images: int, image_format: 
         raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-    pool = None if cfg.poses in ("so3", "ranges") else _pose_pool(cfg.poses)
+    pool = None if cfg.poses in ("so3", "ranges") else pose_pool(cfg.poses)
     blocks = max(1, min(num_images // cfg.render_batch_size, 64))
-    ds = _pair_ids(int(num_images), blocks=blocks)
+    ds = pair_ids(int(num_images), blocks=blocks)
     # Shards in row order make a rerun with the same seed byte-identical; this dataset's context
     # is its own copy (ray.data.from_arrow copies the global one), so nothing else is slowed.
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
-        _sample_synthetic,
+        sample_synthetic,
         fn_kwargs={
             "cfg": cfg,
             "epoch": 0,
@@ -130,7 +126,7 @@ def write_labelled_renders(
     *,
     num_images: int,
     image_format: str = "jpeg",
-    shard_rows: int = 1000,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
     endpoint_url: str | None = None,
     log=print,
 ) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def load_labelled(
     """
     import pyarrow.dataset as pads
 
-    from clerf_ray.data.shards import list_shards, resolve
+    from clerf_ray.data.shard_files import list_shards, resolve
 
     fs, root = resolve(path, endpoint_url=endpoint_url)
     shards = list_shards(fs, root)
@@ -304,7 +304,7 @@ def read_labelled(path: str, *, endpoint_url: str | None = None, **read_options)
     """
     import ray.data
 
-    from clerf_ray.data.shards import list_shards, resolve
+    from clerf_ray.data.shard_files import list_shards, resolve
 
     fs, root = resolve(path, endpoint_url=endpoint_url)
     shards = list_shards(fs, root)
@@ -364,7 +364,7 @@ def read_labelled_numbered(
     """
     import ray.data
 
-    from clerf_ray.data.shards import list_shards, resolve
+    from clerf_ray.data.shard_files import list_shards, resolve
 
     fs, root = resolve(path, endpoint_url=endpoint_url)
     shards = list_shards(fs, root)

@@ -48,7 +48,7 @@ class EmbedImages:
         self.encoder = create_encoder(model_cfg, image_size=image_size, pretrained=None)
         self.encoder.load_state_dict(encoder_state)
         self.encoder.to(self.device).eval().requires_grad_(False)
-        self.features = getattr(model_cfg, "head_input", "embedding") == "features"
+        self.features = model_cfg.head_input == "features"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -68,7 +68,8 @@ def head_images(cfg, pool=None):
     pretraining pool of :func:`clerf_ray.data.pairs.render_pool`, with ``head.reuse_pool``),
     drawn with augmentation seeds of their own; or new renders of training identities,
     rendered once."""
-    from clerf_ray.data.pairs import build_labelled_image_dataset, render_pool
+    from clerf_ray.data.labelled_images import build_labelled_image_dataset
+    from clerf_ray.data.pairs import render_pool
 
     h = cfg.head
     num_pairs = max(1, h.num_samples // 2)

@@ -16,7 +16,7 @@ from clerf_ray.train import common
 
 
 def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """``train_loop_per_worker`` of the contrastive stage. ``config``: ``{"cfg": Config dict}``."""
+    """``train_loop_per_worker`` of the contrastive stage. ``config``: ``{"cfg": Config dict, "num_pairs": pairs per epoch}``."""
     import ray.train
     import ray.train.torch
 
@@ -35,9 +35,9 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
     loss_fn = ContrastivePoseLoss(
         m=p.m, gamma=p.gamma, negative_margin_deg=p.negative_margin_deg, distributed=world > 1
     )
-    # Pairs per epoch, counted on the driver (real anchors in range, shard rows); data.num_pairs
-    # for synthetic pairs.
-    num_pairs = int(config.get("num_pairs", cfg.data.num_pairs))
+    # Pairs per epoch, counted on the driver (clerf_ray.data.pairs.pairs_per_epoch: real anchors
+    # in range, shard rows, data.num_pairs for synthetic pairs).
+    num_pairs = int(config["num_pairs"])
     per_worker, steps = common.global_batches(num_pairs, p.batch_size, world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     preprocess = common.unwrap(model).preprocess

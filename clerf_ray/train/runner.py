@@ -1,5 +1,7 @@
-"""Driver side of a training stage: build the ``TorchTrainer``, run it, turn its outcome into a
-result or a clear error."""
+"""Driver side of a training stage, in two parts: :func:`build_trainer` makes the
+``TorchTrainer`` (scaling, run name and storage, datasets, callbacks passed in), :func:`fit_stage`
+fits it and turns its outcome into a :class:`StageResult` or a clear error. :func:`run_stage` is
+the two in a row. A search trial builds the same trainer with its own callbacks and run name."""
 
 from __future__ import annotations
 
@@ -33,12 +35,79 @@ def epoch_datasets(
 def _quiet_build(build, **kwargs):
     # Datasets are created in Ray Train's dataset manager, whose DataContext is its own: turn
     # Ray Data's progress bars off there (the training loop prints progress that means more).
-    import ray.data
+    from clerf_ray.ray_init import quiet_ray_data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet_ray_data()
     return build(**kwargs)
+
+
+def build_trainer(
+    *,
+    loop: Callable[[dict[str, Any]], dict[str, Any]],
+    loop_config: dict[str, Any],
+    section,
+    datasets: dict[str, Any],
+    storage_path: str,
+    name: str,
+    callbacks: list | None = None,
+):
+    """The ``TorchTrainer`` of one stage: ``loop`` on ``section.num_workers`` workers of
+    ``section.cpus_per_worker`` CPUs (and a GPU each when ``section.use_gpu`` resolves so), run
+    ``name`` under ``storage_path``, ``section.max_failures`` restarts, the last two checkpoints
+    kept, and ``callbacks`` (for example Tune's ``TuneReportCallback``).
+
+    A run with the same ``name`` under ``storage_path`` resumes from its latest checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    gpu = common.use_gpu(section.use_gpu)
+    resources = {"CPU": section.cpus_per_worker}
+    if gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=section.num_workers, use_gpu=gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=section.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks or []),
+        ),
+        datasets=datasets,
+    )
+
+
+def fit_stage(trainer, *, stage: str, name: str) -> StageResult:
+    """Fit ``trainer`` (from :func:`build_trainer`) and return the stage's outcome.
+
+    Raises:
+        common.NonFiniteLossError: the loss became NaN/inf (the message names the checkpoint kept).
+        ray.train.TrainingFailedError: the workers failed more than ``max_failures`` times.
+        RuntimeError: the run ended without a checkpoint.
+    """
+    result = trainer.fit()
+    out = result.return_value
+    if not out:
+        raise RuntimeError(f"{stage}: the run {name!r} returned no outcome from its workers")
+    kept = result.checkpoint.path if result.checkpoint is not None else None
+    if out.get("status") == "nonfinite":
+        raise common.NonFiniteLossError(f"{out['message']} Last good checkpoint: {kept or 'none'}")
+    if result.checkpoint is None:
+        raise RuntimeError(f"{stage}: the run {name!r} finished without a checkpoint")
+    # The loop's return value always holds these keys (common.fit); a resumed run that found
+    # every epoch done returns them too.
+    return StageResult(
+        state=common.load_state(result.checkpoint),
+        history=list(out["history"]),
+        checkpoint_path=kept,
+        status=out["status"],
+        message=out["message"],
+    )
 
 
 def run_stage(
@@ -50,48 +119,17 @@ def run_stage(
     datasets: dict[str, Any],
     storage_path: str,
     name: str,
+    callbacks: list | None = None,
 ) -> StageResult:
-    """Run ``loop`` on ``section.num_workers`` Ray Train workers and return its outcome.
-
-    A run with the same ``name`` under ``storage_path`` resumes from its latest checkpoint; a
-    worker that dies is restarted from the last checkpoint up to ``section.max_failures`` times.
-
-    Raises:
-        common.NonFiniteLossError: the loss became NaN/inf (the message names the checkpoint kept).
-        ray.train.TrainingFailedError: the workers failed more than ``max_failures`` times.
-    """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    gpu = common.use_gpu(section.use_gpu)
-    resources = {"CPU": section.cpus_per_worker}
-    if gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=section.num_workers, use_gpu=gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=section.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+    """Run ``loop`` on ``section.num_workers`` Ray Train workers and return its outcome:
+    :func:`fit_stage` of :func:`build_trainer` (see both)."""
+    trainer = build_trainer(
+        loop=loop,
+        loop_config=loop_config,
+        section=section,
         datasets=datasets,
+        storage_path=storage_path,
+        name=name,
+        callbacks=callbacks,
     )
-    result = trainer.fit()
-    out = result.return_value or {}
-    kept = result.checkpoint.path if result.checkpoint is not None else None
-    if out.get("status") == "nonfinite":
-        raise common.NonFiniteLossError(f"{out['message']} Last good checkpoint: {kept or 'none'}")
-    if result.checkpoint is None:
-        raise RuntimeError(f"{stage}: the run {name!r} finished without a checkpoint")
-    return StageResult(
-        state=common.load_state(result.checkpoint),
-        history=list(out.get("history", [])),
-        checkpoint_path=kept,
-        status=out.get("status", "ok"),
-        message=out.get("message", ""),
-    )
+    return fit_stage(trainer, stage=stage, name=name)

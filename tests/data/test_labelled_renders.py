@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.spatial.transform import Rotation
 
-from clerf_ray.data.pairs import PairDataConfig, build_labelled_image_dataset, build_pair_dataset
+from clerf_ray.config import PairDataConfig
+from clerf_ray.data.labelled_images import build_labelled_image_dataset
+from clerf_ray.data.pairs import build_pair_dataset
 from clerf_ray.data.schema import SCHEMA, decode_image, labelled_R, load_labelled, make_table
 from clerf_ray.data.shards import list_shards, resolve, write_shards
 from clerf_ray.render import make_renderer
@@ -155,7 +157,9 @@ def test_labelled_render_job_every_consumer_reads_it(ray_cluster, tmp_path, pose
     np.testing.assert_allclose(labels_from_parquet(out), R)
 
     # The head's labelled_path stream (no augmentation: labels as stored), numbered in set order.
-    cfg = PairDataConfig(renderer_options=dict(RENDER), augment="none", stage_num_cpus=0.1)
+    cfg = PairDataConfig.from_defaults(
+        renderer_options=dict(RENDER), augment="none", stage_num_cpus=0.1
+    )
     batch = build_labelled_image_dataset(cfg, labelled_path=out).take_batch(
         20, batch_format="numpy"
     )
@@ -165,7 +169,7 @@ def test_labelled_render_job_every_consumer_reads_it(ray_cluster, tmp_path, pose
     np.testing.assert_allclose(got[order], R[np.lexsort(R.reshape(7, 9).T)], atol=1e-7)
 
     # Real anchors from the render set: anchor k is row k of the set.
-    anchors = PairDataConfig(
+    anchors = PairDataConfig.from_defaults(
         source="real_anchor",
         labelled_path=out,
         renderer_options=dict(RENDER),

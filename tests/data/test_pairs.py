@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from clerf_ray import geometry
-from clerf_ray.data.pairs import PairDataConfig, build_pair_dataset, write_pair_shards
+from clerf_ray.config import PairDataConfig
+from clerf_ray.data.pairs import build_pair_dataset, write_pair_shards
 from clerf_ray.data.schema import make_table
 from clerf_ray.data.shards import list_shards, read_report, resolve, write_shards
 from clerf_ray.render import PoseRange, make_renderer, register_renderer
@@ -37,7 +38,7 @@ def small_cfg(**changes) -> PairDataConfig:
         stage_num_cpus=0.1,
     )
     kw.update(changes)
-    return PairDataConfig(**kw)
+    return PairDataConfig.from_defaults(**kw)
 
 
 def consume(ds) -> dict[str, np.ndarray]:
@@ -354,7 +355,8 @@ def mixed_range_set(tmp_path_factory, renderer):
 def test_real_anchor_skips_poses_the_renderer_cannot_draw(
     ray_cluster, limited_range_renderer, mixed_range_set, caplog, tmp_path
 ):
-    from clerf_ray.data.pairs import pairs_per_epoch, real_anchor_counts
+    from clerf_ray.data.pairs import pairs_per_epoch
+    from clerf_ray.data.render_stage import real_anchor_counts
 
     inside = mixed_range_set["inside"]
     # The hand-picked split agrees with the range test the fixture renderer enforces.
@@ -474,7 +476,7 @@ def test_shards_read_back_with_fresh_augmentation(pair_shards, renderer):
 )
 def test_bad_config_names_the_field(change, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        PairDataConfig(**change)
+        PairDataConfig.from_defaults(**change)
 
 
 def test_missing_shards_and_labelled_paths_name_the_field(ray_cluster, tmp_path):
@@ -487,7 +489,8 @@ def test_missing_shards_and_labelled_paths_name_the_field(ray_cluster, tmp_path)
 def test_stages_pass_an_empty_batch_through(limited_range_renderer):
     """A batch whose anchors were all skipped for their pose reaches the renderer and the
     augmentation empty: both hand it on with the right shapes instead of failing."""
-    from clerf_ray.data.pairs import RenderPairs, _augment_batch
+    from clerf_ray.data.pairs import _augment_batch
+    from clerf_ray.data.render_stage import RenderPairs
     from clerf_ray.render import renderer_class
 
     empty = {

@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent(
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    from clerf_ray.data.pairs import PairDataConfig, build_pair_dataset
+    from clerf_ray.config import PairDataConfig
+    from clerf_ray.data.pairs import build_pair_dataset
     from clerf_ray.data.renders import labelled_render_dataset
     from clerf_ray.render import register_renderer
     from clerf_ray.render.procedural import ProceduralRenderer
@@ -52,7 +53,7 @@ SCRIPT = textwrap.dedent(
                 )
 
 
-    cfg = PairDataConfig(
+    cfg = PairDataConfig.from_defaults(
         renderer="placed",
         renderer_options={"image_size": 8, "supersample": 1, "log_dir": log_dir},
         render_resources={"renderer": 1},

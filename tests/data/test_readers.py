@@ -454,9 +454,9 @@ def test_read_labelled_with_ray(ray_cluster, aflw_source, tmp_path):
     )
 
 
-def _pair_shards(out: Path) -> None:
+def pair_shard_files(out: Path) -> None:
     """Pair shards as jobs/render.py writes them (PairShardWriter, PAIR_SCHEMA), without Ray."""
-    from clerf_ray.data.pairs import PairShardWriter, pair_table
+    from clerf_ray.data.pair_shards import PairShardWriter, pair_table
 
     png = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
     batch = {
@@ -475,7 +475,7 @@ def _pair_shards(out: Path) -> None:
 
 def test_labelled_readers_refuse_pair_shards(tmp_path):
     out = tmp_path / "pairs"
-    _pair_shards(out)
+    pair_shard_files(out)
     # pyarrow alone would read these with a null image column (the schema is forced on them).
     import pyarrow.dataset as pads
 
@@ -505,7 +505,7 @@ def test_labelled_readers_name_missing_columns(tmp_path):
 
 
 def test_pair_reader_refuses_a_labelled_set(aflw_source, tmp_path):
-    from clerf_ray.data.pairs import read_pair_shards
+    from clerf_ray.data.pair_shards import read_pair_shards
 
     out = tmp_path / "labelled"
     prepare_dataset("aflw2000", aflw_source, str(out), filter_99=False, log=None)

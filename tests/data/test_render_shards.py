@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from clerf_ray import geometry
-from clerf_ray.data.pairs import PAIR_SCHEMA, PairDataConfig, build_pair_dataset
+from clerf_ray.config import PairDataConfig
+from clerf_ray.data.pair_shards import PAIR_SCHEMA
+from clerf_ray.data.pairs import build_pair_dataset
 from clerf_ray.data.schema import decode_image
 from clerf_ray.data.shards import list_shards, resolve
 from clerf_ray.render import make_renderer
@@ -102,9 +104,9 @@ def test_render_job_local_rerun_and_report(ray_cluster, tmp_path, capsys):
     # Training sizes its epochs from the shards themselves, not from data.num_pairs.
     from clerf_ray.data.pairs import pairs_per_epoch
 
-    shards_cfg = PairDataConfig(source="shards", shards_path=str(out), num_pairs=100)
+    shards_cfg = PairDataConfig.from_defaults(source="shards", shards_path=str(out), num_pairs=100)
     assert pairs_per_epoch(shards_cfg) == len(read_pairs(str(out))["pair_id"]) == 6
-    assert pairs_per_epoch(PairDataConfig(num_pairs=100)) == 100
+    assert pairs_per_epoch(PairDataConfig.from_defaults(num_pairs=100)) == 100
 
 
 @pytest.mark.parametrize(
@@ -139,7 +141,7 @@ def test_render_job_to_s3_and_stream_back(ray_cluster, s3_env, capsys):  # noqa:
     # `ray job submit --runtime-env-json` would); Ray Data's tasks inherit it.
     @ray_cluster.remote(num_cpus=0, runtime_env={"env_vars": dict(s3_env)})
     def consume(path):
-        cfg = PairDataConfig(
+        cfg = PairDataConfig.from_defaults(
             source="shards", shards_path=path, augment="fa", seed=3, stage_num_cpus=0.1
         )
         batch = build_pair_dataset(cfg, epoch=2).take_batch(10, batch_format="numpy")
@@ -175,9 +177,11 @@ def test_in_memory_pool_gives_the_pairs_that_disk_shards_give(ray_cluster, tmp_p
         render_num_cpus=0.25,
         stage_num_cpus=0.1,
     )
-    write_pair_shards(PairDataConfig(**base), str(tmp_path / "shards"), log=None)
-    disk = PairDataConfig(**{**base, "source": "shards", "shards_path": str(tmp_path / "shards")})
-    cfg = PairDataConfig(**base)
+    write_pair_shards(PairDataConfig.from_defaults(**base), str(tmp_path / "shards"), log=None)
+    disk = PairDataConfig.from_defaults(
+        **{**base, "source": "shards", "shards_path": str(tmp_path / "shards")}
+    )
+    cfg = PairDataConfig.from_defaults(**base)
     pool = render_pool(cfg)
     epochs = []
     for epoch in (0, 1):

@@ -493,7 +493,8 @@ def test_standin_eg3d_inside_the_ray_pair_pipeline_actor(ray_cluster, fake_check
     variant asks Ray for the GPU (``render_num_gpus=1``) and renders on it.
 
     Every stage has a fractional CPU budget: on 2 cores a whole-CPU stage starves the others."""
-    from clerf_ray.data.pairs import PairDataConfig, build_pair_dataset, render_pool
+    from clerf_ray.config import PairDataConfig
+    from clerf_ray.data.pairs import build_pair_dataset, render_pool
 
     checkout, pkl = fake_checkout()
     size = 32
@@ -511,7 +512,7 @@ def test_standin_eg3d_inside_the_ray_pair_pipeline_actor(ray_cluster, fake_check
         stage_num_cpus=0.1,
     )
     # The pool keeps the float64 labels the actor rendered at; the stream returns float32 ones.
-    pool = _rows(render_pool(PairDataConfig(render_batch_size=4, **common)))
+    pool = _rows(render_pool(PairDataConfig.from_defaults(render_batch_size=4, **common)))
     assert len(pool["pair_id"]) == 10 and set(pool["source"]) == {"render:eg3d"}
     R = pool["R"].astype(np.float64).reshape(-1, 3, 3)
 
@@ -525,7 +526,9 @@ def test_standin_eg3d_inside_the_ray_pair_pipeline_actor(ray_cluster, fake_check
     assert np.abs(anchors.astype(int) - positives.astype(int)).mean() > 1  # two people
 
     # Streamed again, in batches of 3, without augmentation: the same pairs and labels.
-    streamed = _rows(build_pair_dataset(PairDataConfig(render_batch_size=3, **common), epoch=0))
+    streamed = _rows(
+        build_pair_dataset(PairDataConfig.from_defaults(render_batch_size=3, **common), epoch=0)
+    )
     np.testing.assert_array_equal(streamed["pair_id"], pool["pair_id"])
     np.testing.assert_array_equal(streamed["anchor"], anchors)
     np.testing.assert_array_equal(streamed["positive"], positives)

@@ -15,6 +15,10 @@ from clerf_ray import registry
 from clerf_ray.cli import main as clerf
 from clerf_ray.models import PoseModel, create_encoder, create_head
 
+# The heads these tests build read the L2-normalised embedding, unstandardised (the config's
+# default head reads the backbone features).
+EMB = {"input": "embedding", "standardize": False}
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
@@ -34,7 +38,7 @@ def _models(seed: int):
     enc = create_encoder(
         backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
     ).eval()
-    head = create_head(in_dim=16, hidden=(16,))
+    head = create_head(EMB, in_dim=16, hidden=(16,))
     return enc, PoseModel(enc, head, freeze_encoder=True).eval()
 
 

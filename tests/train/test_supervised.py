@@ -10,6 +10,7 @@ import torch
 
 from clerf_ray import geometry
 from clerf_ray.config import load_config
+from clerf_ray.runs.baseline import train_baseline
 from clerf_ray.train import common
 from clerf_ray.train.supervised import (
     baseline_batch_size,
@@ -17,7 +18,6 @@ from clerf_ray.train.supervised import (
     baseline_optimizer,
     build_baseline_dataset,
     build_baseline_model,
-    train_baseline,
 )
 
 TINY = [

@@ -109,7 +109,7 @@ def _pretrain(cfg: Config, out_dir: Path, name: str):
     return run_stage(
         stage="pretrain",
         loop=_recording(pretrain_loop, str(out_dir)),
-        loop_config={"cfg": cfg.model_dump(mode="json")},
+        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
         section=cfg.pretrain,
         datasets=epoch_datasets(
             build_pair_dataset, cfg.pretrain.epochs, cfg=cfg.data.pair_config(seed=cfg.seed)

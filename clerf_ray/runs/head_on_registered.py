@@ -72,7 +72,8 @@ def train_head_on(encoder_ref: str, cfg: Config) -> HeadOnEncoderResult:
 
     from clerf_ray import registry
     from clerf_ray.models import Encoder
-    from clerf_ray.recipe import evaluate_heldout, init_ray, log, log_run_config, train_head_stage
+    from clerf_ray.ray_init import init_ray
+    from clerf_ray.runs.common import evaluate_heldout, log, log_run_config, train_head_stage
 
     t_start = time.monotonic()
     uri = registry.setup(cfg.tracking.tracking_uri, cfg.tracking.experiment)
