@@ -1,0 +1,159 @@
+"""Steps the whole runs share: run logging (config, git SHA, per-step history), the render pool,
+the head stage on a frozen encoder, and the held-out evaluation.
+
+Ray itself is started by :func:`clerf_ray.ray_init.init_ray`, below this layer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clerf_ray.config import Config, dump_config
+
+
+def log(msg: str) -> None:
+    print(f"[clerf] {msg}", file=sys.stderr, flush=True)
+
+
+def _git_sha() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except Exception:
+        return None
+
+
+def log_history(stage: str, history: list[dict[str, Any]]) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{stage}/step_loss", float(loss), now, step)
+        for step, loss in enumerate((x for h in history for x in h["step_losses"]), 1)
+    ]
+    for h in history:
+        metrics += [
+            Metric(f"{stage}/{k}", float(h[k]), now, int(h["epoch"]))
+            for k in ("loss", "lr", "samples_per_s", "elapsed_s")
+        ]
+    # One request per 1000 values (MLflow's batch limit) instead of one per step.
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def log_run_config(cfg: Config) -> None:
+    """Log the resolved config as MLflow parameters and ``config.yaml``, plus the git SHA."""
+    import mlflow
+
+    mlflow.log_params(
+        {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
+    )
+    sha = _git_sha()
+    if sha:
+        mlflow.set_tag("git_sha", sha)
+    with tempfile.TemporaryDirectory() as d:
+        dump_config(cfg, Path(d) / "config.yaml")
+        mlflow.log_artifact(str(Path(d) / "config.yaml"))
+
+
+def train_head_stage(cfg: Config, encoder, name: str, pool=None):
+    """Fit the pose head on the frozen ``encoder`` (Ray Train) and log its history.
+
+    The labelled images (``clerf_ray.train.head.head_images``; from the pretraining ``pool``
+    when given and ``head.reuse_pool``) are embedded once per augmentation draw by encoder
+    actors (Ray Data); the head trains on the cached embeddings (``clerf_ray.train.head``).
+
+    Returns:
+        ``(PoseModel, StageResult)``.
+    """
+    from clerf_ray.models import PoseModel, create_head_for, input_stats
+    from clerf_ray.train.head import build_head_embeddings, head_loop
+    from clerf_ray.train.runner import run_stage
+
+    if cfg.head.labelled_path:
+        source = cfg.head.labelled_path
+    elif pool is not None and cfg.head.reuse_pool:
+        source = f"{cfg.head.num_samples} images of the pretraining pool"
+    else:
+        source = f"{cfg.head.num_samples} new renders"
+    log(
+        f"embedding the head's labelled images ({source}, {cfg.head.draws} augmentation "
+        "draws each) with the frozen encoder"
+    )
+    t0 = time.monotonic()
+    embeddings = build_head_embeddings(cfg, encoder.state_dict(), pool=pool)
+    n = embeddings.count()
+    log(f"embedded {n} images in {time.monotonic() - t0:.0f}s")
+    head = create_head_for(encoder, cfg.model)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "num_samples": n}
+    loop_config["in_dim"] = head.config.in_dim
+    if head.config.standardize:
+        mean, std = input_stats(
+            b["z"] for b in embeddings.iter_batches(batch_size=4096, batch_format="numpy")
+        )
+        loop_config.update(input_mean=mean.tolist(), input_std=std.tolist())
+    log(
+        f"training the pose head for {cfg.head.epochs} epochs of {cfg.head.passes} passes "
+        "on the cached embeddings"
+    )
+    stage = run_stage(
+        stage="head",
+        loop=head_loop,
+        loop_config=loop_config,
+        section=cfg.head,
+        # One materialised dataset; each epoch reads its blocks in a new order.
+        datasets={
+            f"epoch_{e}": embeddings.randomize_block_order(seed=cfg.seed + e)
+            for e in range(cfg.head.epochs)
+        },
+        storage_path=cfg.storage_path,
+        name=f"{name}-head",
+    )
+    log_history("head", stage.history)
+    head.load_state_dict(stage.state["model"])
+    return PoseModel(encoder, head, freeze_encoder=True, views=cfg.head.views).eval(), stage
+
+
+def evaluate_heldout(cfg: Config, model) -> dict[str, float]:
+    """Evaluate on renders of held-out identities over all of SO(3); log to MLflow."""
+    import mlflow
+
+    from clerf_ray.evaluate import evaluate_model, heldout_renders
+
+    eval_data = cfg.data.pair_config(
+        seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
+    )
+    images, R = heldout_renders(eval_data, cfg.eval.num_samples)
+    metrics = evaluate_model(model, images, R)
+    mlflow.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items()})
+    return metrics
+
+
+def pretrain_pool(cfg: Config, pair_cfg):
+    """With ``data.pool``, render the epoch's pairs once (Ray Data, materialised) for every
+    epoch to reuse with fresh augmentation; else None (new renders every epoch)."""
+    from clerf_ray.data.pairs import render_pool
+
+    if not cfg.data.pool or cfg.data.source == "shards":
+        return None
+    t0 = time.monotonic()
+    log(
+        f"rendering a pool of {cfg.data.num_pairs} pairs, reused every epoch with new augmentations"
+    )
+    pool = render_pool(pair_cfg)
+    log(f"rendered {pool.count()} pairs in {time.monotonic() - t0:.0f}s")
+    return pool
