@@ -83,6 +83,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def say(line: str) -> None:
+    """Write one progress line to the worker's stderr, which Ray forwards to the driver once.
+
+    Not ``print``: Ray Train V2 patches ``print`` inside workers to log through Train's logger
+    *and*, when ``sys.stderr`` is not the process's original stream (as in a Ray worker), to
+    print the line as well, so each line reached the driver's terminal twice."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 class Progress:
     """Rank-0 progress lines: epoch, step, loss, throughput."""
 
@@ -96,11 +106,9 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every_s or step == self.steps:
             rate = self.samples / max(now - self.t0, 1e-9)
-            print(
+            say(
                 f"[{self.stage}] epoch {epoch + 1}/{self.epochs} step {step}/{self.steps} "
-                f"loss {loss:.4f} lr {lr:.2e} {rate:.0f} samples/s {now - self.t0:.0f}s",
-                file=sys.stderr,
-                flush=True,
+                f"loss {loss:.4f} lr {lr:.2e} {rate:.0f} samples/s {now - self.t0:.0f}s"
             )
             self.last = now
 
@@ -175,11 +183,7 @@ def fit(
         start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed_s"])
         history = list(state["history"])
         if rank == 0:
-            print(
-                f"[{stage}] resuming from the checkpoint of epoch {start_epoch}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"[{stage}] resuming from the checkpoint of epoch {start_epoch}")
 
     progress = Progress(stage, section.epochs, steps)
     status, message = "ok", ""
@@ -258,7 +262,7 @@ def fit(
                 f"{stage}: time limit {section.time_limit_s:.0f}s reached after epoch {epoch + 1}"
             )
             if rank == 0:
-                print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+                say(f"[{stage}] {message}")
             break
     return {
         "status": status,
