@@ -379,20 +379,27 @@ def test_call_applies_one_draw_to_anchor_and_positive():
 
 
 CONFIGS = {
-    # name: (augmentation, documented rotation range, hflip_p, vflip_p)
-    "custom": (augment.GeometricAugment((10.0, 50.0), 0.2, 0.7), (10.0, 50.0), 0.2, 0.7),
-    "swapped": (augment.GeometricAugment((-90.0, -30.0), 0.8, 0.1), (-90.0, -30.0), 0.8, 0.1),
-    "fixed": (augment.GeometricAugment((30.0, 30.0), 1.0, 0.0), (30.0, 30.0), 1.0, 0.0),
-    "default": (augment.GeometricAugment(), (-180.0, 180.0), 0.5, 0.5),
-    "none": (augment.GeometricAugment.preset("none"), (0.0, 0.0), 0.0, 0.0),
-    "sa": (augment.GeometricAugment.preset("sa"), (-15.0, 15.0), 0.0, 0.0),
-    "fa": (augment.GeometricAugment.preset("fa"), (-180.0, 180.0), 0.5, 0.5),
+    # name: (augmentation, documented rotation range, hflip_p, vflip_p); built inside the test so
+    # that a constructor bug fails the test rather than the collection of the whole file.
+    "custom": (lambda: augment.GeometricAugment((10.0, 50.0), 0.2, 0.7), (10.0, 50.0), 0.2, 0.7),
+    "swapped": (
+        lambda: augment.GeometricAugment((-90.0, -30.0), 0.8, 0.1),
+        (-90.0, -30.0),
+        0.8,
+        0.1,
+    ),
+    "fixed": (lambda: augment.GeometricAugment((30.0, 30.0), 1.0, 0.0), (30.0, 30.0), 1.0, 0.0),
+    "default": (lambda: augment.GeometricAugment(), (-180.0, 180.0), 0.5, 0.5),
+    "none": (lambda: augment.GeometricAugment.preset("none"), (0.0, 0.0), 0.0, 0.0),
+    "sa": (lambda: augment.GeometricAugment.preset("sa"), (-15.0, 15.0), 0.0, 0.0),
+    "fa": (lambda: augment.GeometricAugment.preset("fa"), (-180.0, 180.0), 0.5, 0.5),
 }
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_draws_follow_the_configured_range_and_probabilities(name):
-    aug, (lo, hi), ph, pv = CONFIGS[name]
+    make, (lo, hi), ph, pv = CONFIGS[name]
+    aug = make()
     n = 4000
     rng = np.random.default_rng(1)
     draws = [aug.draw(rng) for _ in range(n)]
