@@ -49,8 +49,9 @@ def rotate(
     h, w = image.shape[:2]
     if fill == "edge":
         # PIL rotates about (w/2, h/2) in continuous coordinates (pixel centres at i + 0.5); pad by
-        # reflection so the corners hold image content, rotate, then crop the centre back.
-        pad = int(np.ceil(max(h, w) * (np.sqrt(2) - 1) / 2)) + 2
+        # reflection so the corners hold image content, rotate, then crop the centre back. A corner
+        # samples up to half the diagonal from the centre, so the shorter side needs the most pad.
+        pad = int(np.ceil((np.hypot(h, w) - min(h, w)) / 2)) + 2
         padded = np.pad(
             image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect" if pad < min(h, w) else "edge"
         )
