@@ -1,6 +1,7 @@
 """cluster.yaml is a valid Ray cluster launcher config with the node types the README relies on,
 keeps the dashboard and job API closed to the internet, runs with token auth, starts MLflow on
-the head with a database and S3 artifacts."""
+the head with a database and S3 artifacts, and the README's cluster commands use S3 and pin the
+GAN pickle's hash."""
 
 import ipaddress
 import re
@@ -125,3 +126,21 @@ def test_setup_pins_ray_and_installs_the_synced_project(raw):
     assert raw["file_mounts"]["/home/ubuntu/clerf_ray"] == "."
     assert "pip install -q -e ~/clerf_ray" in setup
     assert ".gitignore" in raw.get("rsync_filter", [])  # no .venv/ or runs/ uploaded
+
+
+def _readme_cluster_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### On a cluster, with token auth")
+    return text[start : text.index("\n## ", start)]
+
+
+def test_readme_cluster_commands_use_s3_and_pin_the_pickle_hash():
+    section = _readme_cluster_section()
+    commands = "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
+    assert "RAY_AUTH_MODE=token" in commands
+    assert re.search(r"storage_path=s3://", commands)
+    # A GAN pickle fetched from S3 is loaded with its hash.
+    for m in re.finditer(r"network_pkl:\s*(s3://\S+?)[,}]", commands):
+        tail = commands[m.end() : m.end() + 200]
+        assert re.search(r"network_sha256:\s*\S+", tail), m.group(1)
+    assert re.search(r"network_pkl:\s*s3://", commands)
