@@ -24,10 +24,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,6 +44,11 @@ _REQUIRED_DIRS = ("training", "torch_utils", "dnnlib")
 
 # Resolved checkout root -> backend name, for error messages about clashes.
 _LOADED_CHECKOUTS: dict[str, str] = {}
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# Read size while hashing: network pickles are hundreds of MB, so they are streamed, never held
+# in memory whole for the check.
+_HASH_CHUNK = 1 << 20
 
 
 def _module_location(module) -> str | None:
@@ -124,22 +131,79 @@ def import_checkout(root: Path, backend: str) -> bool:
     return True
 
 
+def check_sha256(network_sha256: Any, backend: str) -> str | None:
+    """The ``network_sha256`` option, validated: None, or 64 hex characters (lowercased).
+
+    Raises:
+        ValueError: anything else; the message names the option and what it expects.
+    """
+    if network_sha256 is None:
+        return None
+    if not isinstance(network_sha256, str) or not _SHA256_HEX.fullmatch(network_sha256):
+        raise ValueError(
+            f"{backend} renderer: network_sha256 must be 64 hexadecimal characters, the SHA-256 "
+            f"of the network pickle's bytes (the first field of `sha256sum FILE`), got "
+            f"{network_sha256!r}"
+        )
+    return network_sha256.lower()
+
+
+def _verified_copy(
+    url: str, storage_options: Mapping[str, Any], expected: str, backend: str
+) -> IO[bytes]:
+    """A local temporary copy of ``url``, open at its start, whose SHA-256 is ``expected``.
+
+    The bytes are hashed as they are copied, and the copy is what gets unpickled afterwards: the
+    file that passed the check is the file loaded, even if the original (an S3 object, say) is
+    replaced in between, and a remote pickle is downloaded once.
+
+    Raises:
+        ValueError: the hashes differ; nothing has been unpickled.
+    """
+    import fsspec
+
+    digest = hashlib.sha256()
+    copy = tempfile.TemporaryFile()
+    try:
+        with fsspec.open(url, "rb", **dict(storage_options)) as src:
+            while chunk := src.read(_HASH_CHUNK):
+                digest.update(chunk)
+                copy.write(chunk)
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise ValueError(
+                f"{backend} renderer: network_pkl={url!r} does not match network_sha256: "
+                f"expected {expected}, got {actual} (SHA-256 of the file's bytes). The pickle was "
+                "not loaded; a network pickle runs code when unpickled, so fetch it again from "
+                "its publisher, or set network_sha256 to the hash of a file you trust."
+            )
+        copy.seek(0)
+        return copy
+    except BaseException:
+        copy.close()
+        raise
+
+
 def load_generator(
     network_pkl: str | os.PathLike | None,
     backend: str,
     weights_hint: str,
     storage_options: Mapping[str, Any] | None = None,
+    network_sha256: str | None = None,
 ) -> torch.nn.Module:
     """Unpickle ``['G_ema']`` from a local path or any fsspec URL (``s3://...``).
 
     The checkout must already be importable (:func:`import_checkout`). A network pickle runs code
-    when loaded: only load pickles you trust. Both projects document plain ``pickle.load(f)
-    ['G_ema']``; their ``legacy.load_network_pkl`` adds only a converter for TensorFlow-era
-    StyleGAN pickles, which neither publishes.
+    when loaded: only load pickles you trust. With ``network_sha256`` the file's bytes are hashed
+    before anything is unpickled, and a file with another hash is refused. Both projects document
+    plain ``pickle.load(f)['G_ema']``; their ``legacy.load_network_pkl`` adds only a converter for
+    TensorFlow-era StyleGAN pickles, which neither publishes.
 
     Raises:
-        ValueError: ``network_pkl`` is unset, does not exist, or holds no ``'G_ema'``.
+        ValueError: ``network_pkl`` is unset, does not exist, does not match ``network_sha256``,
+            or holds no ``'G_ema'``; ``network_sha256`` is not 64 hex characters.
     """
+    expected = check_sha256(network_sha256, backend)
     if network_pkl is None or str(network_pkl) == "":
         raise ValueError(
             f"{backend} renderer needs network_pkl=PATH_OR_URL: the generator's network pickle "
@@ -148,9 +212,14 @@ def load_generator(
     import fsspec
 
     url = os.fspath(network_pkl)
+    options = dict(storage_options or {})
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
-            data = pickle.load(f)
+        if expected is None:
+            with fsspec.open(url, "rb", **options) as f:
+                data = pickle.load(f)
+        else:
+            with _verified_copy(url, options, expected, backend) as f:
+                data = pickle.load(f)
     except FileNotFoundError as e:
         raise ValueError(
             f"{backend} renderer: network_pkl={url!r} does not exist ({e}). {weights_hint}"
@@ -166,6 +235,11 @@ def load_generator(
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(
             f"{backend} renderer: network_pkl={url!r} holds no 'G_ema' generator (found {keys})"
+        )
+    if not isinstance(data["G_ema"], torch.nn.Module):
+        raise ValueError(
+            f"{backend} renderer: network_pkl={url!r} holds a 'G_ema' of type "
+            f"{type(data['G_ema']).__name__}, not a torch module"
         )
     return data["G_ema"]
 
@@ -222,6 +296,10 @@ class GanRenderer(Renderer):
         focal: focal length normalised by image size (FFHQ cameras: 4.2647).
         storage_options: fsspec options for opening ``network_pkl`` (e.g. ``{"endpoint_url":
             ...}`` for an S3-compatible store; credentials otherwise come from the environment).
+        network_sha256: SHA-256 of the pickle file's bytes, 64 hex characters (``sha256sum
+            FILE``). A network pickle runs code when it is loaded; with this set, the file is
+            hashed first and refused unless it matches, before anything is unpickled. Checked
+            for its form at construction. ``None``: no check.
     """
 
     name: ClassVar[str] = ""
@@ -241,8 +319,10 @@ class GanRenderer(Renderer):
         pivot: Sequence[float] | None = None,
         focal: float = geometry.FFHQ_FOCAL,
         storage_options: Mapping[str, Any] | None = None,
+        network_sha256: str | None = None,
     ):
         # Check the cheap options before importing anything or reading weights.
+        network_sha256 = check_sha256(network_sha256, self.name)
         if int(image_size) != image_size or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if int(batch_size) != batch_size or batch_size < 1:
@@ -272,13 +352,16 @@ class GanRenderer(Renderer):
             load_generator(None, self.name, self.weights_hint)
         added = import_checkout(self.checkout, self.name)
         try:
-            G = load_generator(network_pkl, self.name, self.weights_hint, storage_options)
+            G = load_generator(
+                network_pkl, self.name, self.weights_hint, storage_options, network_sha256
+            )
         except Exception:
             if added:
                 # Leave sys.path as it was for a renderer that could not be built.
                 sys.path.remove(str(self.checkout))
             raise
         self.network_pkl = os.fspath(network_pkl)
+        self.network_sha256 = network_sha256
         self.G = G.eval().requires_grad_(False).to(self.device)
         z_dim, c_dim = getattr(self.G, "z_dim", None), getattr(self.G, "c_dim", None)
         if z_dim is None or c_dim != 25:

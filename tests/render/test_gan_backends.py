@@ -10,6 +10,7 @@ DESIGN.md (``R_cam = C R^T C``, pinhole projection), without the code under test
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
@@ -381,6 +382,88 @@ def test_standin_missing_checkout_or_pickle_names_the_option(
         make_renderer(backend, checkout=checkout, network_pkl=tmp_path / "missing.pkl")
 
 
+class _MkdirOnUnpickle:
+    """Unpickling this object creates the folder ``path``: a visible side effect that shows
+    whether a pickle was ever unpickled (as a hostile network pickle would run its own code)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("backend", ["eg3d", "panohead"])
+def test_standin_network_sha256_match_loads(fake_checkout, backend):
+    checkout, pkl = fake_checkout()
+    opts = dict(checkout=checkout, network_pkl=pkl, image_size=32, device="cpu")
+    digest = _sha256(pkl)
+    r = make_renderer(backend, network_sha256=digest, **opts)
+    assert r.network_sha256 == digest
+    ids, R = np.array([1, 2]), np.stack([_label(yaw=15), _label(pitch=-10)])
+    # The checked load renders what the unchecked one does; upper-case hex is the same hash.
+    _forget(checkout)
+    plain = make_renderer(backend, **opts).render(ids, R)
+    _forget(checkout)
+    upper = make_renderer(backend, network_sha256=digest.upper(), **opts)
+    assert upper.network_sha256 == digest
+    np.testing.assert_array_equal(r.render(ids, R), plain)
+    np.testing.assert_array_equal(upper.render(ids, R), plain)
+
+
+def test_standin_network_sha256_mismatch_refused_before_unpickling(fake_checkout, tmp_path):
+    checkout, _ = fake_checkout()
+    hostile, marker = tmp_path / "hostile.pkl", tmp_path / "unpickled"
+    with open(hostile, "wb") as f:
+        pickle.dump({"G_ema": _MkdirOnUnpickle(marker)}, f)
+    opts = dict(checkout=checkout, network_pkl=hostile, device="cpu")
+    wrong = hashlib.sha256(b"some other file").hexdigest()
+    path_before = list(sys.path)
+    with pytest.raises(ValueError, match="network_sha256") as e:
+        make_renderer("eg3d", network_sha256=wrong, **opts)
+    message = str(e.value)
+    assert str(hostile) in message and wrong in message and _sha256(hostile) in message
+    assert not marker.exists()  # refused before pickle.load ran
+    assert sys.path == path_before
+    # The marker does detect unpickling: with its right hash (or none) the file is unpickled,
+    # and then refused for holding no generator.
+    with pytest.raises(ValueError, match="G_ema"):
+        make_renderer("eg3d", network_sha256=_sha256(hostile), **opts)
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "abc",
+        "0" * 63,
+        "0" * 65,
+        "g" * 64,
+        " " + "0" * 64,
+        "0" * 64 + "  network.pkl",  # a whole `sha256sum` line
+        "sha256:" + "0" * 64,
+        int("1" * 64),  # YAML reads an all-digit value as a number
+        b"0" * 64,
+    ],
+)
+def test_standin_malformed_network_sha256_fails_at_construction(fake_checkout, tmp_path, bad):
+    checkout, _ = fake_checkout()
+    hostile, marker = tmp_path / "hostile.pkl", tmp_path / "unpickled"
+    with open(hostile, "wb") as f:
+        pickle.dump({"G_ema": _MkdirOnUnpickle(marker)}, f)
+    path_before = list(sys.path)
+    with pytest.raises(ValueError, match="network_sha256 must be 64 hexadecimal characters"):
+        make_renderer("eg3d", checkout=checkout, network_pkl=hostile, network_sha256=bad)
+    assert not marker.exists() and sys.path == path_before
+    # Checked with the other options, before the checkout and the pickle are looked at.
+    with pytest.raises(ValueError, match="network_sha256"):
+        make_renderer("panohead", network_sha256=bad)
+
+
 def test_standin_pose_range_violations_rejected(fake_checkout):
     checkout, pkl = fake_checkout()
     eg3d = make_renderer("eg3d", checkout=checkout, network_pkl=pkl, image_size=32, device="cpu")
@@ -449,9 +532,33 @@ def test_standin_network_pkl_from_s3(fake_checkout, monkeypatch):
             **opts,
         )
         ids, R = np.array([1, 2]), np.stack([_label(yaw=10), _label(pitch=-30)])
-        np.testing.assert_array_equal(
-            from_s3.render(ids, R), make_renderer("eg3d", network_pkl=pkl, **opts).render(ids, R)
+        local = make_renderer("eg3d", network_pkl=pkl, **opts).render(ids, R)
+        np.testing.assert_array_equal(from_s3.render(ids, R), local)
+        # The hash of the uploaded file's bytes is checked on the object read from S3.
+        s3_opts = {"endpoint_url": endpoint, "skip_instance_cache": True}
+        checked = make_renderer(
+            "eg3d",
+            network_pkl="s3://weights/gan/standin.pkl",
+            network_sha256=_sha256(pkl),
+            storage_options=s3_opts,
+            **opts,
         )
+        np.testing.assert_array_equal(checked.render(ids, R), local)
+        hostile, marker = pkl.with_name("hostile.pkl"), pkl.with_name("unpickled")
+        with open(hostile, "wb") as f:
+            pickle.dump({"G_ema": _MkdirOnUnpickle(marker)}, f)
+        s3.upload_file(str(hostile), "weights", "gan/standin.pkl")  # replaced in the bucket
+        with pytest.raises(
+            ValueError, match="network_pkl='s3://weights/gan/standin.pkl' does not match"
+        ) as e:
+            make_renderer(
+                "eg3d",
+                network_pkl="s3://weights/gan/standin.pkl",
+                network_sha256=_sha256(pkl),
+                storage_options=s3_opts,
+                **opts,
+            )
+        assert _sha256(hostile) in str(e.value) and not marker.exists()
         with pytest.raises(ValueError, match="network_pkl='s3://weights/nope.pkl' does not exist"):
             make_renderer(
                 "eg3d",
