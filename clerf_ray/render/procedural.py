@@ -398,12 +398,19 @@ def _depth(disc, h, a, u, v):
     shape = [-1] + [1] * (u.dim() - 1)
     c = [disc[:, i].reshape(shape) for i in range(6)]
     hc = [h[:, i].reshape(shape) for i in range(3)]
-    d = (c[0] * u + c[3]) * u + ((c[1] * v + c[4]) * v + c[5]) + (c[2] * v) * u
+    # In-place steps where the result is full size: a fresh multi-megabyte tensor costs about
+    # twice the arithmetic in page faults. The rounding is that of the plain expression
+    # ``(c0 u + c3) u + ((c1 v + c4) v + c5) + (c2 v) u`` (the 90 deg silhouette test needs it).
+    d = (c[0] * u + c[3]) * u + ((c[1] * v + c[4]) * v + c[5])
+    tmp = (c[2] * v) * u
+    d += tmp
     hh = hc[0] * u + (hc[1] * v + hc[2])
     # Misses (d < 0) get a depth beyond any hit, by arithmetic only: sqrt of zero or negative
     # numbers and masked selects are far slower on the CPU than these elementwise ops.
-    root = torch.sqrt(d.clamp_min(1e-30))
-    return (hh + root) * (-1.0 / a).reshape(shape) + (-d).clamp_min(0.0) * 1e30
+    hh += torch.clamp_min(d, 1e-30, out=tmp).sqrt_()
+    hh *= (-1.0 / a).reshape(shape)
+    # min(d, 0) * -1e30 equals max(-d, 0) * 1e30 (or is -0.0, which adds nothing).
+    return hh.add_(d.clamp_max_(0.0).mul_(-1e30))
 
 
 # Primitives whose window would cover more than this fraction of the image are traced densely.
