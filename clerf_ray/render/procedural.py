@@ -200,6 +200,10 @@ class _Heads:
             axes[off, k] = 0.05
 
         self.centre, self.axes, self.Q = centre, axes, Q
+        # Primitives a sample's style uses; the others sit inside the cranium (see above).
+        self.active = np.ones((n, N_PRIM), dtype=bool)
+        self.active[no_vol, HAIR_VOL] = False
+        self.active[no_long, HAIR_LONG] = False
         self.S = (1.0 / axes)[..., :, None] * np.swapaxes(Q, -1, -2)
 
         # Colours.
@@ -394,12 +398,19 @@ def _depth(disc, h, a, u, v):
     shape = [-1] + [1] * (u.dim() - 1)
     c = [disc[:, i].reshape(shape) for i in range(6)]
     hc = [h[:, i].reshape(shape) for i in range(3)]
-    d = (c[0] * u + c[3]) * u + ((c[1] * v + c[4]) * v + c[5]) + (c[2] * v) * u
+    # In-place steps where the result is full size: a fresh multi-megabyte tensor costs about
+    # twice the arithmetic in page faults. The rounding is that of the plain expression
+    # ``(c0 u + c3) u + ((c1 v + c4) v + c5) + (c2 v) u`` (the 90 deg silhouette test needs it).
+    d = (c[0] * u + c[3]) * u + ((c[1] * v + c[4]) * v + c[5])
+    tmp = (c[2] * v) * u
+    d += tmp
     hh = hc[0] * u + (hc[1] * v + hc[2])
     # Misses (d < 0) get a depth beyond any hit, by arithmetic only: sqrt of zero or negative
     # numbers and masked selects are far slower on the CPU than these elementwise ops.
-    root = torch.sqrt(d.clamp_min(1e-30))
-    return (hh + root) * (-1.0 / a).reshape(shape) + (-d).clamp_min(0.0) * 1e30
+    hh += torch.clamp_min(d, 1e-30, out=tmp).sqrt_()
+    hh *= (-1.0 / a).reshape(shape)
+    # min(d, 0) * -1e30 equals max(-d, 0) * 1e30 (or is -0.0, which adds nothing).
+    return hh.add_(d.clamp_max_(0.0).mul_(-1e30))
 
 
 # Primitives whose window would cover more than this fraction of the image are traced densely.
@@ -423,24 +434,104 @@ def _first_hit(disc, h, a, u, v):
     return t, k
 
 
-def _gather_columns(table: np.ndarray, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` (M,) of a (items, channels) table, laid out (channels, M) float32.
+class _Hit:
+    """The hit rays of one primitive group in a chunk: table lookups and lazily computed surface
+    quantities, each a contiguous (m,) float32 vector.
 
-    ``torch.gather`` on the transposed table is several times faster than advanced indexing or
-    ``index_select`` followed by a transpose, and leaves each channel contiguous.
+    Args:
+        tables: from ``ProceduralRenderer._shading_tables``.
+        b, bk, k: sample, (sample, primitive) row and primitive of each hit, int64 (m,).
+        u, v, t: image-plane coordinates (head units) and depth of each hit.
     """
-    t = torch.as_tensor(np.ascontiguousarray(table.T), dtype=torch.float32)
-    return torch.gather(t, 1, index.expand(t.shape[0], -1))
+
+    def __init__(self, tables, b, bk, k, u, v, t):
+        self.tables, self.b, self.bk, self.k = tables, b, bk, k
+        self.u, self.v, self.t = u, v, t
+        self._xyz = self._d = self._light = None
+
+    def sample(self, names):
+        """Per-sample table columns ``names``, one (m,) vector each."""
+        index = self.tables["sample_index"]
+        rows = self.tables["sample"][[index[name] for name in names]]
+        return rows.index_select(1, self.b).unbind(0)
+
+    def prim(self, lo, hi):
+        """Per-(sample, primitive) table rows lo:hi (see ``_shading_tables``), (m,) each."""
+        return self.tables["prim"][lo:hi].index_select(1, self.bk).unbind(0)
+
+    @property
+    def xyz(self):
+        """Hit point in the head frame: u ex + v ey + t d, with ex, ey, d the rows of R_cam."""
+        if self._xyz is None:
+            u, v, t = self.u, self.v, self.t
+            r = self.sample([f"r{i}" for i in range(9)])
+            self._xyz = tuple(
+                torch.addcmul(torch.addcmul(u * r[i], v, r[3 + i]), t, r[6 + i]) for i in range(3)
+            )
+        return self._xyz
+
+    def _offset(self):
+        """Hit point minus its primitive's centre, head frame."""
+        if self._d is None:
+            x, y, z = self.xyz
+            cx, cy, cz = self.prim(6, 9)
+            self._d = (x - cx, y - cy, z - cz)
+        return self._d
+
+    @property
+    def q(self):
+        """The hit on the unit sphere of its primitive: S (p - centre)."""
+        dx, dy, dz = self._offset()
+        s = self.prim(9, 18)
+        return (
+            s[0] * dx + s[1] * dy + s[2] * dz,
+            s[3] * dx + s[4] * dy + s[5] * dz,
+            s[6] * dx + s[7] * dy + s[8] * dz,
+        )
+
+    def _lighting(self):
+        if self._light is None:
+            dx, dy, dz = self._offset()
+            g00, g01, g02, g11, g12, g22 = self.prim(0, 6)
+            n0 = g00 * dx + g01 * dy + g02 * dz
+            n1 = g01 * dx + g11 * dy + g12 * dz
+            n2 = g02 * dx + g12 * dy + g22 * dz
+            inv_norm = torch.rsqrt(n0 * n0 + n1 * n1 + n2 * n2)
+            l0, l1, l2, h0, h1, h2, amb = self.sample(("l0", "l1", "l2", "h0", "h1", "h2", "amb"))
+            # Ambient plus Lambert diffuse (the light is pre-scaled by the diffuse strength).
+            shade = amb + ((n0 * l0 + n1 * l1 + n2 * l2) * inv_norm).clamp_min(0.0)
+            n_dot_h = ((n0 * h0 + n1 * h1 + n2 * h2) * inv_norm).clamp_min(0.0)
+            self._light = (shade, (n_dot_h * n_dot_h) ** 16)  # Blinn-Phong (n.h)^32
+        return self._light
+
+    @property
+    def shade(self):
+        return self._lighting()[0]
+
+    @property
+    def highlight(self):
+        return self._lighting()[1]
 
 
-def _smooth_rect(px, py, cx, cy, hx, hy, ang, px_size):
-    """Coverage in [0, 1] of an oriented rectangle, anti-aliased over one pixel."""
-    c, s = torch.cos(ang), torch.sin(ang)
-    lx = (px - cx) * c + (py - cy) * s
-    ly = -(px - cx) * s + (py - cy) * c
-    kx = ((hx - lx.abs()) / px_size + 0.5).clamp(0, 1)
-    ky = ((hy - ly.abs()) / px_size + 0.5).clamp(0, 1)
-    return kx * ky
+def _box_filter(x: torch.Tensor, ss: int) -> torch.Tensor:
+    """Mean over each ss x ss block of the last two dimensions of a contiguous tensor.
+
+    Sums ss row slices, then ss column slices, of reshaped views: six times faster than
+    ``avg_pool2d`` here, which gains nothing from its general kernel at these tiny windows.
+    """
+    if ss == 1:
+        return x
+    side = x.shape[-1]
+    rows = x.reshape(-1, ss, side)  # (..., size, ss, side): ss consecutive subsample rows
+    acc = rows[:, 0] + rows[:, 1]
+    for i in range(2, ss):
+        acc += rows[:, i]
+    cols = acc.view(-1, side // ss, ss)
+    out = cols[..., 0] + cols[..., 1]
+    for i in range(2, ss):
+        out += cols[..., i]
+    # A division, not a product with 1/ss^2: full coverage must come out as exactly 1.
+    return out.div_(ss * ss).view(*x.shape[:-2], side // ss, side // ss)
 
 
 @register_renderer("procedural")
@@ -455,7 +546,10 @@ class ProceduralRenderer(Renderer):
             under in-plane rotation or mirroring, which the consistency tests need).
         background: ``"random"`` (procedural clutter seeded by identity and pose, or by
             ``background_seeds``) or ``"grey"`` (uniform mid grey, for figures).
-        max_elements: work-chunk budget (samples x primitives x rays); bounds memory.
+        max_elements: work-chunk budget (samples x primitives x rays); bounds memory. The
+            default renders a batch of 64 at 64 px in one chunk (about 1.6 M rays, tens of MB):
+            each chunk costs about a thousand small tensor operations whose fixed overhead
+            dominates smaller chunks.
     """
 
     pose_range = PoseRange()
@@ -466,7 +560,7 @@ class ProceduralRenderer(Renderer):
         supersample: int = 2,
         lighting: str = "random",
         background: str = "random",
-        max_elements: int = 1 << 22,
+        max_elements: int = 1 << 24,
     ):
         if int(image_size) != image_size or image_size < 8:
             raise ValueError(
@@ -497,8 +591,8 @@ class ProceduralRenderer(Renderer):
         self._coord, self._side = coord, n * ss
         vv, uu = torch.meshgrid(coord, coord, indexing="ij")
         self._u, self._v = uu.reshape(-1), vv.reshape(-1)
-        pix = ((torch.arange(n, dtype=torch.float32) + 0.5) - n / 2) / (n / 2)
-        self._py, self._px = torch.meshgrid(pix, pix, indexing="ij")
+        # Pixel centres in [-1, 1] for the background (x along columns, y along rows).
+        self._pix = ((torch.arange(n, dtype=torch.float32) + 0.5) - n / 2) / (n / 2)
 
     # ------------------------------------------------------------------ public API
 
@@ -596,63 +690,86 @@ class ProceduralRenderer(Renderer):
         R_cam = torch.as_tensor(R_cam_np, dtype=torch.float32)
         S = torch.as_tensor(heads.S, dtype=torch.float32)
         centre = torch.as_tensor(heads.centre, dtype=torch.float32)
-        t, prim = self._trace(S, centre, R_cam, heads.axes)
+        t, prim = self._trace(S, centre, R_cam, heads.axes, heads.active)
         hit = t < _MISS
-        b, p = hit.nonzero(as_tuple=True)
-        colour = self._shade(heads, R_cam, b, p, t[b, p], prim[b, p], bg_seeds)
-        n_rays = self._u.numel()
-        fg = torch.zeros(n * n_rays, 3)
-        fg.index_put_((b * n_rays + p,), colour)
+        flat = hit.view(-1).nonzero().squeeze(1)
+        # Hits grouped by primitive, so that each group runs only the decals that can occur on
+        # it (hair, 40 % of the hits, needs a handful of the shader's ~250 operations). The sort
+        # is stable: within a primitive the rays keep their image order.
+        k, order = torch.sort(prim.view(-1).index_select(0, flat), stable=True)
+        flat = flat.index_select(0, order)
         side = size * ss
-        # Box filter over each pixel's subsamples (avg_pool2d is far faster than a strided mean).
-        fg = torch.nn.functional.avg_pool2d(fg.reshape(n, side, side, 3).permute(0, 3, 1, 2), ss)
-        fg = fg.permute(0, 2, 3, 1)
-        cov = torch.nn.functional.avg_pool2d(hit.float().reshape(n, 1, side, side), ss)[:, 0]
-        bg = self._background(bg_seeds)
-        img = fg + (1.0 - cov[..., None]) * bg
-        img = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
-        return img.numpy(), cov.numpy()
+        colour = self._shade(heads, R_cam_np, flat, k, t.view(-1), bg_seeds)
+        # Colour planes stay channel-first, (3, N, H, W), until the final uint8 conversion.
+        fg = torch.zeros(3, n * side * side)
+        for c in range(3):
+            fg[c].scatter_(0, flat, colour[c])
+        fg = _box_filter(fg.view(3, n, side, side), ss)
+        cov = _box_filter(hit.float().view(n, side, side), ss)
+        img = self._background(bg_seeds).mul_(1.0 - cov).add_(fg)
+        img = img.clamp_(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
+        return img.permute(1, 2, 3, 0).numpy(), cov.numpy()
 
-    def _trace(self, S, centre, R_cam, axes):
-        """Nearest hit of every subsample ray: ``t`` (N, P) (>= _MISS: background), primitive.
+    def _trace(self, S, centre, R_cam, axes, active):
+        """Nearest hit of every subsample ray: ``t`` (N, P) (>= _MISS: background), primitive
+        (N, P) uint8.
 
         Each small primitive is intersected only with the rays in a square window around its
         projection (an ellipsoid projects inside the circle of its largest semi-axis), which
-        skips most ray-primitive pairs; large ones are intersected with every ray. Window sizes
-        depend on the batch, but a ray's depth is computed elementwise from its own
-        coordinates, so results do not.
+        skips most ray-primitive pairs; large ones are intersected with every ray. A primitive is
+        traced only for the samples whose style uses it (``active`` (N, K) bool): an unused one
+        is shrunk inside the cranium, which is traced first and is always nearer, so skipping it
+        changes neither ``t`` nor the primitive. Window sizes depend on the batch, but a ray's
+        depth is computed elementwise from its own coordinates, so results do not.
         """
         n, side = len(S), self._side
+        n_rays = side * side
         disc, h, a = _quadric_coefficients(S, centre, R_cam)
         scale = side / (2 * EXTENT)  # subsamples per head unit
         centre_cam = (R_cam @ centre.transpose(1, 2)).transpose(1, 2)  # (N, K, 3)
-        t_best = torch.full((n, side * side), _MISS)
-        k_best = torch.zeros((n, side * side), dtype=torch.long)
-        radius = axes.max(-1).max(0)  # (K,) largest semi-axis over the batch
+        t_best = torch.full((n, n_rays), _MISS)
+        # uint8: the z-buffer's gathers, scatters and masked fills move an eighth of the bytes.
+        k_best = torch.zeros((n, n_rays), dtype=torch.uint8)
+        t_flat, k_flat = t_best.view(-1), k_best.view(-1)
         u_full = self._u.view(1, side, side)[:, :1, :]  # (1, 1, side): u varies along columns
         v_full = self._v.view(1, side, side)[:, :, :1]
         for k in range(N_PRIM):
-            w = min(side, int(math.ceil(2 * radius[k] * scale)) + 2)
-            if w * w > _DENSE_FRACTION * side * side:
+            rows = np.flatnonzero(active[:, k])
+            if len(rows) == 0:
+                continue
+            sub = None if len(rows) == n else torch.as_tensor(rows)
+            dk, hk, ak, ck = disc[:, k], h[:, k], a[:, k], centre_cam[:, k, :2]
+            if sub is not None:
+                dk, hk, ak, ck = dk[sub], hk[sub], ak[sub], ck[sub]
+            w = min(side, int(math.ceil(2 * axes[rows, k].max() * scale)) + 2)
+            if w * w > _DENSE_FRACTION * n_rays:
                 # A window nearly as large as the image: gathering and scattering would cost
                 # more than intersecting every ray.
-                tk = _depth(disc[:, k], h[:, k], a[:, k], u_full, v_full).reshape(n, -1)
-                k_best.masked_fill_(tk < t_best, k)
-                t_best = torch.minimum(tk, t_best)
+                tk = _depth(dk, hk, ak, u_full, v_full).reshape(len(rows), -1)
+                if sub is None:
+                    k_best.masked_fill_(tk < t_best, k)
+                    torch.minimum(tk, t_best, out=t_best)
+                else:
+                    cur, kc = t_best.index_select(0, sub), k_best.index_select(0, sub)
+                    k_best.index_copy_(0, sub, kc.masked_fill_(tk < cur, k))
+                    t_best.index_copy_(0, sub, torch.minimum(tk, cur))
                 continue
             # Index coordinate of the projected centre (subsample j has coordinate j + 0.5).
-            ctr = centre_cam[:, k, :2] * scale + side / 2 - 0.5
-            start = torch.floor(ctr - (w - 1) / 2).long().clamp(0, side - w)  # (N, 2): x, y
+            ctr = ck * scale + side / 2 - 0.5
+            start = torch.floor(ctr - (w - 1) / 2).long().clamp(0, side - w)  # (n, 2): x, y
             offs = torch.arange(w)
-            cols = start[:, 0:1] + offs  # (N, w)
-            rows = start[:, 1:2] + offs
+            cols = start[:, 0:1] + offs  # (n, w)
+            rws = start[:, 1:2] + offs
             u = self._coord[cols][:, None, :]
-            v = self._coord[rows][:, :, None]
-            tk = _depth(disc[:, k], h[:, k], a[:, k], u, v).reshape(n, -1)
-            idx = (rows[:, :, None] * side + cols[:, None, :]).reshape(n, -1)
-            cur = t_best.gather(1, idx)
-            k_best.scatter_(1, idx, k_best.gather(1, idx).masked_fill_(tk < cur, k))
-            t_best.scatter_(1, idx, torch.minimum(tk, cur))
+            v = self._coord[rws][:, :, None]
+            tk = _depth(dk, hk, ak, u, v).reshape(-1)
+            base = torch.as_tensor(rows * n_rays)[:, None, None]
+            idx = (base + rws[:, :, None] * side + cols[:, None, :]).reshape(-1)
+            # index_select and scatter_ on the flat buffers (a sample's window has distinct
+            # indices, so the scatter is deterministic); index_copy_ is four times slower.
+            cur = t_flat.index_select(0, idx)
+            k_flat.scatter_(0, idx, k_flat.index_select(0, idx).masked_fill_(tk < cur, k))
+            t_flat.scatter_(0, idx, torch.minimum(tk, cur))
         return t_best, k_best
 
     def _lights(self, bg_seeds):
@@ -672,212 +789,291 @@ class ProceduralRenderer(Renderer):
         spec = 0.03 + 0.12 * u[:, 7]
         return L, amb, dif, tint, spec
 
-    def _shade(self, heads, R_cam, b, p, t, k, bg_seeds):
-        """Colours (M, 3) of M hit rays: sample b, ray p, depth t, primitive k (all (M,)).
+    def _shade(self, heads, R_cam_np, flat, k, t_flat, bg_seeds):
+        """Colours (3, M) of M hit rays ``flat`` (indices into the chunk's N x P rays), sorted by
+        their primitive ``k`` (M,) uint8; ``t_flat`` (N * P,) holds the depths.
 
-        Per-sample and per-primitive values are gathered from tables so that each channel comes
-        out as a contiguous (M,) vector; 3-vectors are handled as separate components, which is
-        much faster than tiny batched matmuls.
+        Hits are shaded group by group (skull, nose, ears, neck, eyes, hair), each with only the
+        decals that can occur on its primitives: a decal on primitives a group lacks would be
+        masked out anyway, so the colours are those of shading every hit with every decal.
+        Per-sample values are gathered from tables per hit, only those a group reads, so that
+        each channel comes out as a contiguous (M,) vector; 3-vectors are handled as separate
+        components, which is much faster than tiny batched matmuls.
         """
-        u, v = self._u.index_select(0, p), self._v.index_select(0, p)
+        n_rays = self._u.numel()
+        tables = self._shading_tables(heads, R_cam_np, bg_seeds)
+        b = torch.div(flat, n_rays, rounding_mode="floor")
+        p = flat - b * n_rays
+        u, v, t = (
+            self._u.index_select(0, p),
+            self._v.index_select(0, p),
+            t_flat.index_select(0, flat),
+        )
+        kl = k.long()
+        bk = b * N_PRIM + kl  # row of the per-(sample, primitive) table
+        counts = np.bincount(k.numpy(), minlength=N_PRIM)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        out = torch.empty(3, len(flat))
+        for shader, k0, k1 in (
+            (self._shade_skull, CRANIUM, FACE + 1),
+            (self._shade_nose, NOSE, NOSE + 1),
+            (self._shade_ears, EAR_L, EAR_R + 1),
+            (self._shade_neck, NECK, NECK + 1),
+            (self._shade_eyes, EYE_L, EYE_R + 1),
+            (self._shade_hair, HAIR_VOL, HAIR_LONG + 1),
+        ):
+            lo, hi = int(starts[k0]), int(starts[k1])
+            if lo == hi:
+                continue
+            sl = slice(lo, hi)
+            hit = _Hit(tables, b[sl], bk[sl], kl[sl], u[sl], v[sl], t[sl])
+            mat, mult, gloss, lens_tint = shader(hit)
+            # Final colour: albedo (already times the light's tint) x shading + highlight.
+            ms = hit.shade if mult is None else hit.shade * mult
+            gh = hit.highlight * gloss
+            pal = tables["palette"].index_select(1, hit.b * N_MAT + mat.long())  # (3, m)
+            if lens_tint is not None:
+                lens, tint = lens_tint
+                pal = torch.where(lens, pal * tint, pal)
+            st = hit.sample(("st_r", "st_g", "st_b"))
+            for c in range(3):
+                torch.addcmul(gh * st[c], pal[c], ms, out=out[c, sl])
+        return out
+
+    def _shading_tables(self, heads, R_cam_np, bg_seeds):
+        """Per-sample (C, N) and per-(sample, primitive) (C, N * K) float32 tables, and the
+        palette (3, N * N_MAT) times each sample's light tint."""
+        n = len(bg_seeds)
         L_cam, amb, dif, light_tint, spec = self._lights(bg_seeds)
-        R_np = R_cam.double().numpy()
-        L_head = np.einsum("nji,nj->ni", R_np, L_cam)  # R_cam^T L: the light in the head frame
+        L_head = np.einsum("nji,nj->ni", R_cam_np, L_cam)  # R_cam^T L: the light in the head frame
         # Blinn-Phong half vector between the light and the view direction (toward the camera).
         H_cam = L_cam + np.array([0.0, 0.0, -1.0])
         H_cam /= np.linalg.norm(H_cam, axis=-1, keepdims=True).clip(1e-9)
-        H_head = np.einsum("nji,nj->ni", R_np, H_cam)
-        table = np.concatenate(
-            [
-                R_np.reshape(-1, 9),
-                L_head,
-                amb[:, None],
-                dif[:, None],
-                light_tint,
-                np.stack([heads.f[name] for name in _FEATURES], -1),
-                H_head,
-                spec[:, None],
-            ],
-            -1,
+        H_head = np.einsum("nji,nj->ni", R_cam_np, H_cam)
+        f = heads.f
+        cols = {f"r{i}": R_cam_np.reshape(n, 9)[:, i] for i in range(9)}
+        # dif > 0, so dif * max(lambert, 0) = max(lambert with the light scaled by dif, 0).
+        cols.update({f"l{i}": dif * L_head[:, i] for i in range(3)})
+        cols.update({f"h{i}": H_head[:, i] for i in range(3)})
+        cols["amb"] = amb
+        cols.update(
+            {name: spec * light_tint[:, i] for i, name in enumerate(("st_r", "st_g", "st_b"))}
         )
-        g = _gather_columns(table, b)
-        # Hit point in the head frame: u ex + v ey + t d, with ex, ey, d the rows of R_cam.
-        x = u * g[0] + v * g[3] + t * g[6]
-        y = u * g[1] + v * g[4] + t * g[7]
-        z = u * g[2] + v * g[5] + t * g[8]
-        ptab = np.concatenate([heads.S.reshape(-1, 9), heads.centre.reshape(-1, 3)], -1)
-        gp = _gather_columns(ptab, b * N_PRIM + k)
-        dx, dy, dz = x - gp[9], y - gp[10], z - gp[11]
-        # q: the hit on the unit sphere of its primitive; S^T q is along the surface normal.
-        q0 = gp[0] * dx + gp[1] * dy + gp[2] * dz
-        q1 = gp[3] * dx + gp[4] * dy + gp[5] * dz
-        q2 = gp[6] * dx + gp[7] * dy + gp[8] * dz
-        n0 = gp[0] * q0 + gp[3] * q1 + gp[6] * q2
-        n1 = gp[1] * q0 + gp[4] * q1 + gp[7] * q2
-        n2 = gp[2] * q0 + gp[5] * q1 + gp[8] * q2
-        inv_norm = torch.rsqrt(n0 * n0 + n1 * n1 + n2 * n2)
-        lambert = (n0 * g[9] + n1 * g[10] + n2 * g[11]) * inv_norm
-        shade = g[12] + g[13] * lambert.clamp_min(0.0)
-        f0 = 17
-        fh = f0 + len(_FEATURES)
-        n_dot_h = ((n0 * g[fh] + n1 * g[fh + 1] + n2 * g[fh + 2]) * inv_norm).clamp_min(0.0)
-        highlight = (n_dot_h * n_dot_h) ** 16  # (n.h)^32
+        cols.update({name: f[name] for name in _FEATURES})
+        # Bald heads: skin where y < -0.24 + 0.06 (1 - w_back); -1e9 disables it for the rest.
+        cols["bald_y"] = np.where(f["style"] == BALD, -0.24, -1e9)
+        names = list(cols)
+        sample = torch.as_tensor(np.stack([cols[c] for c in names]), dtype=torch.float32)
+        S, c = heads.S.reshape(n * N_PRIM, 3, 3), heads.centre.reshape(n * N_PRIM, 3)
+        # S^T S: the normal at p is along S^T S (p - centre) (the gradient of |S (p - c)|^2).
+        G = np.einsum("mji,mjk->mik", S, S)
+        prim = np.concatenate(
+            [G[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]], c, S.reshape(-1, 9)], -1
+        )
+        palette = heads.palette * light_tint[:, None, :]
+        return {
+            "sample": sample,
+            "sample_index": {name: i for i, name in enumerate(names)},
+            "prim": torch.as_tensor(np.ascontiguousarray(prim.T), dtype=torch.float32),
+            "palette": torch.as_tensor(
+                np.ascontiguousarray(palette.reshape(-1, 3).T), dtype=torch.float32
+            ),
+        }
 
-        def F(name):
-            return g[f0 + _FI[name]]
+    # Each group shader returns the material (m,) uint8, the shading multiplier (m,) or None,
+    # the specular gloss factor (tensor or float) and (lens mask (m,), lens tint (3, m)) or None.
 
-        q = (q0, q1, q2)
-        mat = torch.full_like(k, M_SKIN)
-        mult = torch.ones_like(u)
-        is_skull = (k == CRANIUM) | (k == FACE)
-        front = z < -0.2
-
-        # Hairline: height of the hair edge as a function of the azimuth around the head (0 at
-        # the face, pi at the back); hair lies above it.
-        phi_c = (z - 0.06) / torch.sqrt(x * x + (z - 0.06) ** 2 + 1e-12)
-        w_back = (1.0 + phi_c) / 2.0
-        y_h = F("front_h") * (1 - w_back) + F("back_h") * w_back
-        style = F("style")
-        hair_skin = (is_skull | (k == NECK)) & (y < y_h)
-        bald = style == BALD
-        hair_skin = hair_skin & ~(bald & (y < -0.24 + 0.06 * (1 - w_back)))
-        is_hair = hair_skin | (k == HAIR_VOL) | (k == HAIR_LONG)
-        mat.masked_fill_(is_hair, M_HAIR)
-        part = is_hair & ((x - F("part_x")).abs() < 0.012) & (y < -0.2) & (z < 0.15)
-        mat.masked_fill_(part, M_SCALP)
+    @staticmethod
+    def _hair_decals(hit, is_hair, mat, x, y, z):
+        """Parting and strands on hair: updates ``mat`` in place; returns the strand multiplier."""
+        part_x, freq = hit.sample(("part_x", "hair_freq"))
+        part = ((x - part_x).abs() < 0.012) & (y < -0.2) & (z < 0.15)
+        mat.masked_fill_(part if is_hair is None else part & is_hair, M_SCALP)
         # Strands fall from the crown: stripes across the azimuth, plus broader locks; |azimuth|
         # keeps the head mirror-symmetric (only the parting is not).
         az = torch.atan2(x, z - 0.06).abs()
-        strands = 1.0 + 0.07 * torch.sin(F("hair_freq") * az) + 0.05 * torch.sin(9.0 * az + 6.0 * y)
-        mult = torch.where(is_hair, mult * strands, mult)
+        return 1.0 + 0.07 * torch.sin(freq * az) + 0.05 * torch.sin(9.0 * az + 6.0 * y)
 
-        face = is_skull & front & ~is_hair
-        ax = x.abs()
-        # Eye sockets: a soft shadow around each eye.
-        dxe = ax - F("eye_x")
-        dye = y - F("eye_y")
-        mult = torch.where(
-            face, mult * (1 - 0.22 * torch.exp(-(dxe * dxe + dye * dye) / 0.005)), mult
-        )
-        # Brows: arcs above the eyes.
-        arch = F("brow_y") - 0.02 * (1 - (dxe / 0.075) ** 2)
-        brow = face & (dxe.abs() < 0.075) & ((y - arch).abs() < F("brow_t"))
-        mat.masked_fill_(brow, M_BROW)
-        # Facial hair.
-        my, mw = F("mouth_y"), F("mouth_w")
-        beard_top = 0.17 - 0.16 * (x / 0.3) ** 2
-        lower = is_skull & (z < 0.06) & ~is_hair
-        beard_zone = lower & (y > beard_top)
-        mat.masked_fill_(beard_zone & (F("stubble") > 0), M_STUBBLE)
-        mat.masked_fill_(beard_zone & (F("full_beard") > 0), M_BEARD)
-        goatee = face & (ax < 0.09) & (y > my + 0.025) & (F("goatee") > 0)
-        mat.masked_fill_(goatee, M_BEARD)
-        moustache = face & (ax < mw + 0.01) & (y > my - 0.055) & (y < my - 0.012)
-        mat.masked_fill_(moustache & (F("moustache") > 0), M_BEARD)
-        # Mouth.
-        lips = face & ((x / mw) ** 2 + ((y - my) / 0.03) ** 2 < 1)
-        mat.masked_fill_(lips, M_LIP)
-        mat.masked_fill_(lips & ((y - my).abs() < 0.006), M_MOUTH)
-        # Nose: nostrils on the underside.
-        is_nose = k == NOSE
-        nostril = (
-            is_nose & (q[1] > 0.5) & (q[0].abs() > 0.15) & (q[0].abs() < 0.75) & (q[2] > -0.55)
-        )
-        mat.masked_fill_(nostril, M_NOSTRIL)
-        # Ears: darker bowl on the outer side.
-        is_ear = (k == EAR_L) | (k == EAR_R)
-        side = torch.where(k == EAR_L, 1.0, -1.0)
-        ear_in = is_ear & (q[0] * side > 0.35) & (q[1].abs() < 0.65) & (q[2].abs() < 0.55)
-        mat.masked_fill_(ear_in, M_EAR_IN)
-        # Eyeballs: iris and pupil look along -z; lids cover the top and bottom.
-        is_eye = (k == EYE_L) | (k == EYE_R)
-        mat.masked_fill_(is_eye, M_SCLERA)
-        mat.masked_fill_(is_eye & (-q[2] > F("iris")), M_IRIS)
-        mat.masked_fill_(is_eye & (-q[2] > 0.97), M_PUPIL)
-        mat.masked_fill_(is_eye & (q[1] < -0.28), M_LASH)
-        mat.masked_fill_(is_eye & ((q[1] < -0.42) | (q[1] > 0.55)), M_SKIN)
-        # Neck: collar of the shirt.
-        shirt = (k == NECK) & (
-            y > F("collar") - 0.06 * (z < 0.05) * (1 - (x / 0.2) ** 2).clamp_min(0)
-        )
-        mat.masked_fill_(shirt, M_SHIRT)
-        # Glasses: rims around the eyes, a bridge and temple arms back to the ears.
-        fw = F("frame_w")
-        has = fw > 0
-        lens_r = F("lens_r")
+    @staticmethod
+    def _hairline(hit, x, y, z):
+        """Skull and neck hits above the hairline (as a function of the azimuth around the
+        head: 0 at the face, pi at the back), and the back-weight w_back."""
+        front_h, back_h, bald_y = hit.sample(("front_h", "back_h", "bald_y"))
+        zc = z - 0.06
+        phi_c = zc / torch.sqrt(x * x + zc * zc + 1e-12)
+        w_back = (1.0 + phi_c) / 2.0
+        y_h = front_h * (1 - w_back) + back_h * w_back
+        return (y < y_h) & ~(y < bald_y + 0.06 * (1 - w_back)), w_back
+
+    @staticmethod
+    def _glasses(hit, on_front, ax, y, dxe, dye):
+        """Lens and frame masks of rims and bridge around the eyes (on_front: candidate hits)."""
+        fw, lens_r, eye_x, eye_y = hit.sample(("frame_w", "lens_r", "eye_x", "eye_y"))
+        on_front = on_front & (fw > 0)
         rr = torch.sqrt(dxe * dxe + (dye * 1.25) ** 2)
-        on_front = (is_skull | is_nose | is_eye) & (z < -0.22) & has
         lens = on_front & (rr < lens_r - fw)
         rim = on_front & ((rr - lens_r).abs() < fw)
-        bridge = on_front & (ax < F("eye_x") - lens_r + fw) & ((y - F("eye_y") + 0.015).abs() < fw)
-        temple = is_skull & has & (ax > F("eye_x") + 0.8 * lens_r) & (dye.abs() < 0.8 * fw + 0.003)
-        temple = temple & (z > -0.36) & (z < 0.07)
-        mat.masked_fill_(rim | bridge | temple, M_FRAME)
+        bridge = on_front & (ax < eye_x - lens_r + fw) & ((y - eye_y + 0.015).abs() < fw)
+        return lens & ~rim, rim | bridge
 
-        albedo = (
-            torch.as_tensor(heads.palette, dtype=torch.float32)
-            .reshape(-1, 3)
-            .index_select(0, b * N_MAT + mat)
+    def _lens_tint(self, hit, lens):
+        return lens[None], torch.stack(hit.sample(("lens_tr", "lens_tg", "lens_tb")))
+
+    def _shade_hair(self, hit):
+        x, y, z = hit.xyz
+        mat = torch.full(x.shape, M_HAIR, dtype=torch.uint8)
+        strands = self._hair_decals(hit, None, mat, x, y, z)
+        return mat, strands, 1.5, None
+
+    def _shade_neck(self, hit):
+        x, y, z = hit.xyz
+        is_hair, _ = self._hairline(hit, x, y, z)
+        mat = torch.full(x.shape, M_SKIN, dtype=torch.uint8).masked_fill_(is_hair, M_HAIR)
+        strands = self._hair_decals(hit, is_hair, mat, x, y, z)
+        (collar,) = hit.sample(("collar",))
+        shirt = y > collar - 0.06 * (z < 0.05) * (1 - (x / 0.2) ** 2).clamp_min(0)
+        mat.masked_fill_(shirt, M_SHIRT)
+        return mat, torch.where(is_hair, strands, 1.0), 1.0 + 0.5 * is_hair, None
+
+    def _shade_ears(self, hit):
+        q0, q1, q2 = hit.q
+        # Ears: darker bowl on the outer side.
+        side = torch.where(hit.k == EAR_L, 1.0, -1.0)
+        ear_in = (q0 * side > 0.35) & (q1.abs() < 0.65) & (q2.abs() < 0.55)
+        mat = torch.full(q0.shape, M_SKIN, dtype=torch.uint8).masked_fill_(ear_in, M_EAR_IN)
+        return mat, None, 1.0, None
+
+    def _shade_nose(self, hit):
+        x, y, z = hit.xyz
+        q0, q1, q2 = hit.q
+        # Nostrils on the underside.
+        aq0 = q0.abs()
+        nostril = (q1 > 0.5) & (aq0 > 0.15) & (aq0 < 0.75) & (q2 > -0.55)
+        mat = torch.full(x.shape, M_SKIN, dtype=torch.uint8).masked_fill_(nostril, M_NOSTRIL)
+        eye_x, eye_y = hit.sample(("eye_x", "eye_y"))
+        ax = x.abs()
+        lens, frame = self._glasses(hit, z < -0.22, ax, y, ax - eye_x, y - eye_y)
+        mat.masked_fill_(frame, M_FRAME)
+        return mat, None, 1.0 + 5.0 * lens, self._lens_tint(hit, lens)
+
+    def _shade_eyes(self, hit):
+        x, y, z = hit.xyz
+        _, q1, q2 = hit.q
+        # Iris and pupil look along -z; lids cover the top and bottom.
+        (iris,) = hit.sample(("iris",))
+        mat = torch.full(x.shape, M_SCLERA, dtype=torch.uint8)
+        mat.masked_fill_(-q2 > iris, M_IRIS)
+        mat.masked_fill_(-q2 > 0.97, M_PUPIL)
+        mat.masked_fill_(q1 < -0.28, M_LASH)
+        mat.masked_fill_((q1 < -0.42) | (q1 > 0.55), M_SKIN)
+        eye_x, eye_y = hit.sample(("eye_x", "eye_y"))
+        ax = x.abs()
+        lens, frame = self._glasses(hit, z < -0.22, ax, y, ax - eye_x, y - eye_y)
+        mat.masked_fill_(frame, M_FRAME)
+        return mat, None, 6.0, self._lens_tint(hit, lens)
+
+    def _shade_skull(self, hit):
+        """Cranium and lower face: hair, brows, eye sockets, facial hair, lips, glasses."""
+        x, y, z = hit.xyz
+        is_hair, _ = self._hairline(hit, x, y, z)
+        mat = torch.full(x.shape, M_SKIN, dtype=torch.uint8).masked_fill_(is_hair, M_HAIR)
+        strands = self._hair_decals(hit, is_hair, mat, x, y, z)
+        not_hair = ~is_hair
+        face = (z < -0.2) & not_hair
+        ax = x.abs()
+        eye_x, eye_y, brow_y, brow_t = hit.sample(("eye_x", "eye_y", "brow_y", "brow_t"))
+        # Eye sockets: a soft shadow around each eye.
+        dxe = ax - eye_x
+        dye = y - eye_y
+        socket = 1 - 0.22 * torch.exp(-(dxe * dxe + dye * dye) / 0.005)
+        mult = torch.where(is_hair, strands, torch.where(face, socket, 1.0))
+        # Brows: arcs above the eyes.
+        arch = brow_y - 0.02 * (1 - (dxe / 0.075) ** 2)
+        brow = face & (dxe.abs() < 0.075) & ((y - arch).abs() < brow_t)
+        mat.masked_fill_(brow, M_BROW)
+        # Facial hair.
+        my, mw, stubble, full_beard, goatee_f, moustache_f = hit.sample(
+            ("mouth_y", "mouth_w", "stubble", "full_beard", "goatee", "moustache")
         )
-        tint = torch.stack([F("lens_tr"), F("lens_tg"), F("lens_tb")], -1)
-        albedo = torch.where((lens & ~rim)[:, None], albedo * tint, albedo)
-
-        # Wet or glossy parts shine more than skin; skin gloss varies with the light.
-        gloss = g[fh + 3] * (1.0 + 5.0 * (is_eye | lens).float() + 0.5 * is_hair.float())
-        return (albedo * (mult * shade)[:, None] + (gloss * highlight)[:, None]) * g[14:17].T
+        beard_top = 0.17 - 0.16 * (x / 0.3) ** 2
+        beard_zone = (z < 0.06) & not_hair & (y > beard_top)
+        mat.masked_fill_(beard_zone & (stubble > 0), M_STUBBLE)
+        mat.masked_fill_(beard_zone & (full_beard > 0), M_BEARD)
+        goatee = face & (ax < 0.09) & (y > my + 0.025) & (goatee_f > 0)
+        mat.masked_fill_(goatee, M_BEARD)
+        moustache = face & (ax < mw + 0.01) & (y > my - 0.055) & (y < my - 0.012)
+        mat.masked_fill_(moustache & (moustache_f > 0), M_BEARD)
+        # Mouth.
+        dym = y - my
+        lips = face & ((x / mw) ** 2 + (dym / 0.03) ** 2 < 1)
+        mat.masked_fill_(lips, M_LIP)
+        mat.masked_fill_(lips & (dym.abs() < 0.006), M_MOUTH)
+        # Glasses: rims around the eyes, a bridge and temple arms back to the ears.
+        lens, frame = self._glasses(hit, z < -0.22, ax, y, dxe, dye)
+        fw, lens_r = hit.sample(("frame_w", "lens_r"))
+        temple = (fw > 0) & (ax > eye_x + 0.8 * lens_r) & (dye.abs() < 0.8 * fw + 0.003)
+        temple = temple & (z > -0.36) & (z < 0.07)
+        mat.masked_fill_(frame | temple, M_FRAME)
+        gloss = 1.0 + 5.0 * lens + 0.5 * is_hair
+        return mat, mult, gloss, self._lens_tint(hit, lens)
 
     def _background(self, bg_seeds) -> torch.Tensor:
-        """(N, H, W, 3) float backgrounds: gradient, soft blobs, stripes, rectangles, texture."""
+        """(3, N, H, W) float backgrounds: gradient, soft blobs, stripes, rectangles, texture.
+
+        Every layer is a function of x, of y, or of a linear combination of the two, so it is
+        built from (N, 1, W) and (N, H, 1) factors and only their sums and products are formed
+        on the full grid (a Gaussian blob is the product of two 1D Gaussians); each layer is
+        blended in with one ``lerp_`` over the channel-first colour planes.
+        """
         n = len(bg_seeds)
         size = self.image_size
         if self.background == "grey":
-            return torch.full((n, size, size, 3), 0.5)
+            return torch.full((3, n, size, size), 0.5)
         u = torch.as_tensor(_hashing.uniforms(bg_seeds, 64), dtype=torch.float32)
-        px, py = self._px[None], self._py[None]  # (1, H, W) in [-1, 1]
+        px, py = self._pix.view(1, 1, size), self._pix.view(1, size, 1)
 
-        def col(j):
-            return (0.08 + 0.84 * u[:, j : j + 3])[:, None, None, :]
+        def s(a):  # a per-sample value, broadcast over (N, H, W)
+            return a[:, None, None]
+
+        def col(j):  # a per-sample colour, (3, N, 1, 1)
+            return (0.08 + 0.84 * u[:, j : j + 3]).T[:, :, None, None]
 
         ang = u[:, 0] * 2 * math.pi
-        g = (px * torch.cos(ang)[:, None, None] + py * torch.sin(ang)[:, None, None]) * 0.35 + 0.5
-        bg = col(1) + (col(4) - col(1)) * g[..., None]
+        g = px * s(0.35 * torch.cos(ang)) + (py * s(0.35 * torch.sin(ang)) + 0.5)
+        bg = torch.lerp(col(1), col(4), g).contiguous()  # (3, N, H, W)
         for j in range(3):  # soft blobs: lamps, windows, out-of-focus objects
             o = 7 + 6 * j
             cx, cy = u[:, o] * 2.4 - 1.2, u[:, o + 1] * 2.4 - 1.2
             r = 0.25 + 0.5 * u[:, o + 2]
-            d2 = (px - cx[:, None, None]) ** 2 + (py - cy[:, None, None]) ** 2
-            w = (0.6 * u[:, o + 3])[:, None, None] * torch.exp(-d2 / (r * r)[:, None, None])
-            bg = bg + (col(o + 3) - bg) * w[..., None]
+            neg_inv_r2 = s(-1.0 / (r * r))
+            wx = torch.exp((px - s(cx)) ** 2 * neg_inv_r2)
+            wy = torch.exp((py - s(cy)) ** 2 * neg_inv_r2) * s(0.6 * u[:, o + 3])
+            bg.lerp_(col(o + 3), wx * wy)
         # Stripes (blinds, wallpaper, shelves) in about half the images.
         sa = u[:, 26] * math.pi
         freq = 4 + 20 * u[:, 27]
-        phase = (px * torch.cos(sa)[:, None, None] + py * torch.sin(sa)[:, None, None]) * freq[
-            :, None, None
-        ]
-        stripe = (torch.sin(phase + (u[:, 28] * 6.3)[:, None, None]) * 3).clamp(-1, 1) * 0.5 + 0.5
-        amp = torch.where(u[:, 29] < 0.5, 0.5 * u[:, 30], torch.zeros_like(u[:, 30]))[:, None, None]
-        bg = bg + (col(31) - bg) * (stripe * amp)[..., None]
-        # Rectangles: doors, frames, furniture edges, partly off-frame.
-        pxs = 2.0 / size
+        phase = px * s(torch.cos(sa) * freq) + (py * s(torch.sin(sa) * freq) + s(u[:, 28] * 6.3))
+        stripe = phase.sin_().mul_(3).clamp_(-1, 1)
+        half_amp = s(torch.where(u[:, 29] < 0.5, 0.25 * u[:, 30], torch.zeros_like(u[:, 30])))
+        bg.lerp_(col(31), torch.addcmul(half_amp, stripe, half_amp))
+        # Rectangles: doors, frames, furniture edges, partly off-frame; anti-aliased over one
+        # pixel, with the local coordinates measured in pixels.
+        k = size / 2.0  # pixels per unit of px, py
         for j in range(3):
             o = 34 + 8 * j
-            cover = _smooth_rect(
-                px,
-                py,
-                (u[:, o] * 2.6 - 1.3)[:, None, None],
-                (u[:, o + 1] * 2.6 - 1.3)[:, None, None],
-                (0.05 + 0.6 * u[:, o + 2])[:, None, None],
-                (0.05 + 0.6 * u[:, o + 3])[:, None, None],
-                (u[:, o + 4] * math.pi)[:, None, None],
-                pxs,
-            )
+            cx, cy = u[:, o] * 2.6 - 1.3, u[:, o + 1] * 2.6 - 1.3
+            hx, hy = 0.05 + 0.6 * u[:, o + 2], 0.05 + 0.6 * u[:, o + 3]
+            c, sn = torch.cos(u[:, o + 4] * math.pi), torch.sin(u[:, o + 4] * math.pi)
+            lx = px * s(k * c) + (py * s(k * sn) - s(k * (cx * c + cy * sn)))
+            ly = py * s(k * c) + (px * s(-k * sn) + s(k * (cx * sn - cy * c)))
+            kx = lx.abs_().neg_().add_(s(k * hx + 0.5)).clamp_(0, 1)
+            ky = ly.abs_().neg_().add_(s(k * hy + 0.5)).clamp_(0, 1)
             alpha = torch.where(
                 u[:, o + 5] < 0.7, 0.4 + 0.6 * u[:, o + 6], torch.zeros_like(u[:, o + 6])
             )
-            bg = bg + (col(o + 5) - bg) * (cover * alpha[:, None, None])[..., None]
+            bg.lerp_(col(o + 5), kx.mul_(ky).mul_(s(alpha)))
         # Fine texture so that no region is flat.
         f1, f2 = 10 + 30 * u[:, 58], 10 + 30 * u[:, 59]
-        tex = torch.sin(px * f1[:, None, None] + 6.3 * u[:, 60, None, None]) * torch.sin(
-            py * f2[:, None, None] + 6.3 * u[:, 61, None, None]
-        )
-        return bg * (1 + 0.06 * tex)[..., None]
+        tx = torch.sin(px * s(f1) + s(6.3 * u[:, 60]))
+        ty = torch.sin(py * s(f2) + s(6.3 * u[:, 61])) * 0.06
+        return bg.mul_(torch.addcmul(torch.ones(()), tx, ty))

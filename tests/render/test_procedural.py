@@ -367,3 +367,26 @@ def test_identity_variety_covers_every_style():
     # Proportions vary: head width over the cranium semi-axis, +-8 %.
     width = heads.axes[:, P.CRANIUM, 0]
     assert width.max() / width.min() > 1.12
+
+
+def test_skipping_unused_hair_primitives_leaves_the_trace_unchanged():
+    """The trace skips hair primitives a style does not use (they are shrunk inside the
+    cranium); tracing them anyway must give the same depths and primitives, bit for bit."""
+    import torch
+
+    from clerf_ray.render import procedural as P
+
+    r = ProceduralRenderer(image_size=32)
+    ids = np.arange(60)
+    heads = P._Heads(ids)
+    assert not heads.active.all(), "the batch must contain styles without some hair primitive"
+    R_cam = torch.as_tensor(geometry.to_camera(geometry.sample_rotations(60, seed=4)))
+    args = (
+        torch.as_tensor(heads.S, dtype=torch.float32),
+        torch.as_tensor(heads.centre, dtype=torch.float32),
+        R_cam.float(),
+        heads.axes,
+    )
+    t, k = r._trace(*args, heads.active)
+    t_all, k_all = r._trace(*args, np.ones_like(heads.active))
+    assert torch.equal(t, t_all) and torch.equal(k, k_all)
