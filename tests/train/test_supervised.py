@@ -10,7 +10,6 @@ import torch
 
 from clerf_ray import geometry
 from clerf_ray.config import load_config
-from clerf_ray.runs.baseline import train_baseline
 from clerf_ray.train import common
 from clerf_ray.train.supervised import (
     baseline_batch_size,
@@ -132,63 +131,3 @@ def test_baseline_loss_falls_on_a_fixed_set():
         losses.append(float(loss.detach()))
     assert losses[0] > 1.0  # untrained: far from the labels (random rotations: ~2.2 rad)
     assert np.mean(losses[-5:]) < 0.3 * losses[0]
-
-
-def test_tiny_pooled_fa_baseline_run_registers_a_candidate(
-    ray_cluster, tmp_path, monkeypatch, capsys
-):
-    import mlflow
-
-    from clerf_ray import registry
-
-    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI, which registry.setup then keeps: an
-    # earlier test's store would receive the registration.
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    registry.setup(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.create_experiment("clerf", artifact_location=f"file://{tmp_path}/artifacts")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-
-    cfg = load_config(
-        None,
-        TINY
-        + [
-            "data.pool=true",
-            "data.augment=fa",
-            f"storage_path={tmp_path / 'runs'}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-            "run_name=tiny-baseline",
-        ],
-    )
-    result = train_baseline(cfg, model_name="clerf-baseline")
-    assert result.version == "1"
-    assert "rendering a pool of 16 pairs" in capsys.readouterr().err  # rendered once, reused
-    (epoch,) = result.history
-    # 16 pairs in batches of 8 pairs are 2 CLERF steps; the baseline's 32 images in batches of
-    # 16 images are 2 steps too.
-    assert len(epoch["step_losses"]) == 2 and np.isfinite(epoch["loss"])
-    assert result.metrics["n"] == 8
-
-    registry.setup(cfg.tracking.tracking_uri)
-    mv = registry.model_version("clerf-baseline@candidate")
-    assert str(mv.version) == "1" and mv.tags["augment"] == "fa"
-    run = mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(result.run_id)
-    assert run.data.params["baseline.batch_images"] == "16"
-    assert run.data.params["data.pool"] == "True"
-    loaded = registry.load_registered("clerf-baseline@candidate")
-    assert not loaded.freeze_encoder
-
-    # The worker built its model right after seeding with seed + 2000 (rank 0); the registered
-    # encoder must have moved away from that initialisation.
-    common.seed_everything(cfg.seed + 2000)
-    initial = build_baseline_model(cfg).state_dict()
-    trained = loaded.state_dict()
-    moved = [
-        k
-        for k in initial
-        if k.startswith("encoder.backbone.")
-        and initial[k].is_floating_point()
-        and not torch.equal(initial[k], trained[k])
-    ]
-    assert moved, "the baseline's backbone did not train"
-    # The head too.
-    assert not torch.equal(initial["head.mlp.0.weight"], trained["head.mlp.0.weight"])

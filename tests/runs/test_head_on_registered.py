@@ -1,0 +1,101 @@
+"""A pose head on a registered encoder (clerf_ray.runs.head_on_registered) through jobs/train_head.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from clerf_ray.config import load_config
+from clerf_ray.train import common
+
+
+def _load_job(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"job_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch, capsys):
+    """``jobs/train_head.py --encoder clerf-encoder@candidate``: the encoder is a registered
+    random-init stand-in (no pretraining, to keep the test short)."""
+    import mlflow
+
+    from clerf_ray import registry
+    from clerf_ray.evaluate import evaluate_model, heldout_renders
+    from clerf_ray.models import PoseModel, create_encoder
+
+    monkeypatch.chdir(tmp_path)
+    # Earlier tests leave MLflow's exported variables behind; registry.setup would keep a
+    # registry URI it did not export itself.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        registry.setup(uri, "head-job-test")
+        torch.manual_seed(0)
+        enc = create_encoder(
+            backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
+        )
+        with mlflow.start_run() as run:
+            src = registry.log_model(enc, "encoder")
+            assert registry.register("clerf-encoder", src, run.info.run_id) == "1"
+        job = _load_job("train_head")
+        # A missing encoder fails before any training, naming the reference.
+        assert (
+            job.main(["--encoder", "clerf-encoder@champion", f"tracking.tracking_uri={uri}"]) == 2
+        )
+        assert "'clerf-encoder@champion'" in capsys.readouterr().err
+
+        overrides = [
+            f"tracking.tracking_uri={uri}",
+            f"storage_path={tmp_path / 'runs'}",
+            "run_name=headjob",
+            "model.embedding_dim=64",  # the registered encoder's 16 wins
+            "data.render_num_cpus=0.25",
+            "data.stage_num_cpus=0.1",
+            "data.render_batch_size=16",
+            "model.head_hidden=[16]",
+            "head.epochs=1",
+            "head.num_samples=16",
+            "head.batch_size=8",
+            "head.cpus_per_worker=0.5",
+            "head.torch_threads=1",
+            "head.use_gpu=false",
+            "eval.num_samples=12",
+        ]
+        assert job.main(["--encoder", "clerf-encoder@candidate", *overrides]) == 0
+        out = capsys.readouterr().out
+        assert "CLERF head summary" in out
+        assert "models:/clerf-encoder/1" in out and "models:/clerf-head/1 (alias candidate)" in out
+
+        mv = registry.model_version("clerf-head@candidate")
+        assert str(mv.version) == "1"
+        assert mv.tags["encoder_name"] == "clerf-encoder" and mv.tags["encoder_version"] == "1"
+        model = registry.load_registered("clerf-head@candidate")
+        assert isinstance(model, PoseModel)
+        # The encoder inside the registered head is the registered encoder, untouched.
+        assert model.encoder.config.embedding_dim == 16
+        assert common.parameter_checksum(model.encoder) == common.parameter_checksum(enc)
+        # The error the job reported is what the registered model gives on the same renders.
+        median = float(re.search(r"median\s+([0-9.]+) deg", out).group(1))
+        cfg = load_config(None, overrides + ["data.image_size=32"])
+        eval_cfg = cfg.data.pair_config(
+            seed=cfg.seed + 2, identities=cfg.eval.identities, augment="fa", source="synthetic"
+        )
+        images, R = heldout_renders(eval_cfg, cfg.eval.num_samples)
+        assert len(images) == 12 and images.shape[1] == 32
+        assert evaluate_model(model, images, R)["geodesic_median"] == pytest.approx(
+            median, abs=0.006
+        )
+        assert float(mv.tags["geodesic_median"]) == pytest.approx(median, abs=0.006)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
