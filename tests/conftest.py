@@ -1,13 +1,74 @@
 """Shared fixtures. Ray starts once per test session (local, 2 logical CPUs) and stops at the end;
-MLflow stores are made fresh per module."""
+MLflow stores are made fresh per module, and every test and module starts from the same MLflow
+state (:func:`_restore_mlflow_per_test`). Hypothesis runs without deadlines (profile ``clerf``)."""
 
 import os
+import sys
 
 import pytest
+from hypothesis import settings
 
 # Keep test runs off the network and quiet.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# Tests never talk to the user's MLflow server, and start with no tracking or registry URI set.
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(_name, None)
+
+# No per-example deadline: Hypothesis' 200 ms default fails examples at random when Ray workers
+# share the machine's cores. HYPOTHESIS_PROFILE=default brings the deadline back.
+settings.register_profile("clerf", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "clerf"))
+
+
+def _mlflow_state():
+    """MLFLOW_* environment variables and the process state that goes with them: MLflow's
+    tracking URI, registry URI and active experiment, each of which it also exports as a
+    variable, and ``clerf_ray.registry``'s record of the registry URI it exported (from modules
+    already imported only)."""
+    mods = sys.modules
+    return (
+        {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
+        getattr(mods.get("mlflow.tracking._tracking_service.utils"), "_tracking_uri", None),
+        getattr(mods.get("mlflow.tracking._model_registry.utils"), "_registry_uri", None),
+        getattr(mods.get("mlflow.tracking.fluent"), "_active_experiment_id", None),
+        getattr(mods.get("clerf_ray.registry"), "_exported_registry_uri", None),
+    )
+
+
+def _set_mlflow_state(state) -> None:
+    env, tracking_uri, registry_uri, experiment_id, exported = state
+    if "mlflow.tracking.fluent" in sys.modules:
+        import mlflow
+        import mlflow.tracking.fluent
+
+        # These export (or, for None, unset) their variables; the environment is set after.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+        mlflow.tracking.fluent._active_experiment_id = experiment_id
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if k not in env:
+            del os.environ[k]
+    os.environ.update(env)
+    if "clerf_ray.registry" in sys.modules:
+        sys.modules["clerf_ray.registry"]._exported_registry_uri = exported
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_per_test():
+    """What a test does to MLflow's URIs and MLFLOW_* variables ends with it (a module's own
+    store, set up by a module-scoped fixture before this snapshot, stays current)."""
+    state = _mlflow_state()
+    yield
+    _set_mlflow_state(state)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_mlflow_per_module():
+    """The same for a module's fixtures: the next module starts from the session's state."""
+    state = _mlflow_state()
+    yield
+    _set_mlflow_state(state)
 
 
 @pytest.fixture(scope="session")
@@ -25,16 +86,11 @@ def ray_cluster():
 
 def _fresh_store(d):
     """A sqlite store in ``d`` with its artifacts there too (not ./mlruns), made current, with
-    experiments ``train``, ``eval`` and ``clerf-eval``; returns its tracking URI.
-
-    ``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI, which ``registry.setup`` then takes
-    for a user's choice and keeps: drop it so this store's registry is the one used.
-    """
+    experiments ``train``, ``eval`` and ``clerf-eval``; returns its tracking URI."""
     import mlflow
 
     from clerf_ray import registry
 
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     uri = registry.setup(f"sqlite:///{d}/mlflow.db")
     for name in ("train", "eval", "clerf-eval"):
         mlflow.create_experiment(name, artifact_location=f"file://{d}/artifacts/{name}")

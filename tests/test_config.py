@@ -12,7 +12,9 @@ from clerf_ray.config import Config, ConfigError, dump_config, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_validate_and_match_the_documented_cpu_setting():
+def test_default_config_validates_and_names_its_backbone_renderer_and_registry_models():
+    """``load_config()`` with no file: resnet10t on procedural renders, registered as
+    clerf-encoder / clerf-head (the tuned numbers: :func:`test_the_documented_laptop_defaults`)."""
     cfg = load_config()
     assert isinstance(cfg, Config)
     assert cfg.model.backbone == "resnet10t"

@@ -114,7 +114,7 @@ def _working_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_main_job_submitted_to_token_auth_cluster(tmp_path, monkeypatch):
+def test_main_job_submitted_to_token_auth_cluster(tmp_path):
     from clerf_ray import registry
 
     temp_dir = tempfile.mkdtemp(prefix="clerf-rj-", dir="/tmp")  # short: socket paths
@@ -218,10 +218,6 @@ def test_main_job_submitted_to_token_auth_cluster(tmp_path, monkeypatch):
     import mlflow
 
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    # Earlier tests in this process leave MLflow's exported variables behind; a registry URI
-    # that registry.setup did not export counts as the user's and would be kept.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     try:
         registry.setup(f"sqlite:///{store}")
         enc = registry.model_version("clerf-encoder@candidate")

@@ -24,13 +24,7 @@ EMB = {"input": "embedding", "standardize": False}
 def store(tmp_path, monkeypatch):
     """A fresh sqlite tracking + registry store; artifacts under tmp_path (the cwd)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    uri = registry.setup(f"sqlite:///{tmp_path}/mlflow.db", experiment="registry-test")
-    yield uri
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    return registry.setup(f"sqlite:///{tmp_path}/mlflow.db", experiment="registry-test")
 
 
 def _models(seed: int):
@@ -142,26 +136,18 @@ def test_setup_twice_moves_the_registry_too(tmp_path, monkeypatch):
     # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI; a second setup() in the same process
     # must not mistake that for a user setting and keep registering into the first store.
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        first = registry.setup(f"sqlite:///{tmp_path}/a.db")
-        assert os.environ.get("MLFLOW_REGISTRY_URI") == first  # MLflow's own export
-        second = registry.setup(f"sqlite:///{tmp_path}/b.db")
-        assert mlflow.get_registry_uri() == second
-        # A registry the user chose stays (setup would have overwritten the variable).
-        monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/user.db")
-        registry.setup(f"sqlite:///{tmp_path}/c.db")
-        assert os.environ["MLFLOW_REGISTRY_URI"] == f"sqlite:///{tmp_path}/user.db"
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    first = registry.setup(f"sqlite:///{tmp_path}/a.db")
+    assert os.environ.get("MLFLOW_REGISTRY_URI") == first  # MLflow's own export
+    second = registry.setup(f"sqlite:///{tmp_path}/b.db")
+    assert mlflow.get_registry_uri() == second
+    # A registry the user chose stays (setup would have overwritten the variable).
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/user.db")
+    registry.setup(f"sqlite:///{tmp_path}/c.db")
+    assert os.environ["MLFLOW_REGISTRY_URI"] == f"sqlite:///{tmp_path}/user.db"
 
 
 def test_tracking_uri_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # Relative sqlite paths become absolute, so Ray workers and later commands find the store.
     assert registry.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")

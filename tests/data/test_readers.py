@@ -213,12 +213,23 @@ def test_300w_lp_training_crop_factor_is_seeded_and_in_range(lp_source, tmp_path
 
 
 def test_workers_give_the_same_rows(lp_source, tmp_path):
+    """Worker processes write the single-process set: every column of every row (image bytes,
+    R, Euler angles, box, sizes, file, dataset) in the same order, and the same report. The
+    rows hold the true labels, so two equal tables are not two equally wrong ones."""
     a, b = tmp_path / "one", tmp_path / "two"
-    prepare_dataset("300w_lp", lp_source, str(a), seed=3, log=None)
-    prepare_dataset("300w_lp", lp_source, str(b), seed=3, workers=2, log=None)
+    ra = prepare_dataset("300w_lp", lp_source, str(a), seed=3, log=None)
+    rb = prepare_dataset("300w_lp", lp_source, str(b), seed=3, workers=2, log=None)
     ta, tb = load_labelled(str(a)), load_labelled(str(b))
-    assert ta.column("file").to_pylist() == tb.column("file").to_pylist()
-    assert ta.column("box").to_pylist() == tb.column("box").to_pylist()
+    assert ta.column_names == tb.column_names == SCHEMA.names
+    assert ta.num_rows == len(LP_GOOD)
+    for column in SCHEMA.names:
+        assert ta.column(column).to_pylist() == tb.column(column).to_pylist(), column
+    rows = rows_by_file(tb)
+    for name, (pose, _, _) in LP_GOOD.items():
+        np.testing.assert_allclose(
+            np.reshape(rows[f"{name}.jpg"]["R"], (3, 3)), scipy_label(*pose), atol=1e-6
+        )
+    assert ra["counts"] == rb["counts"] and ra["skipped"] == rb["skipped"]
 
 
 # --------------------------------------------------------------------------- AFLW2000

@@ -106,6 +106,50 @@ def test_eight_views_average_the_back_mapped_predictions_of_pil_augmented_images
     assert geometry.geodesic_error(_predict(multi, images), expected).max() < 0.05
 
 
+# The label of a horizontally mirrored image (x -> -x), written out: S R S with S = diag(-1, 1, 1)
+# (yaw and roll change sign, pitch stays).
+S = np.diag([-1.0, 1.0, 1.0])
+
+
+def _chordal_mean(R: np.ndarray) -> np.ndarray:
+    """(V, B, 3, 3) -> (B, 3, 3): the rotation nearest the arithmetic mean (SVD, det +1)."""
+    U, _, Vt = np.linalg.svd(R.mean(axis=0))
+    D = np.ones(U.shape[:-1])
+    D[:, 2] = np.sign(np.linalg.det(U @ Vt))
+    return U @ (D[..., None] * Vt)
+
+
+def test_two_views_average_the_image_and_its_back_mapped_mirror(images):
+    """views=2: the single-view head's prediction on the image and on its mirror image (numpy's
+    flip of the HWC pixels), the mirror's mapped back by S R S, averaged with a chordal mean
+    written here. The two disagree by degrees on a random-init model, so a model that kept one
+    view, or forgot the mirror's label transform, lands elsewhere."""
+    single, two = _views_model(1), _views_model(2)
+    P = _predict(single, images)
+    Pm = _predict(single, np.flip(images, axis=2))  # (B, H, W, 3): axis 2 is the image's x
+    back = S @ Pm @ S
+    assert geometry.geodesic_error(P, back).min() > 1.0  # the views tell different things
+    expected = _chordal_mean(np.stack([P, back]))
+    got = _predict(two, images)
+    assert np.allclose(got @ np.swapaxes(got, -1, -2), np.eye(3), atol=1e-5)
+    assert geometry.geodesic_error(got, expected).max() < 0.01
+    # Both views count equally: half-way between the two (and neither of them).
+    assert np.allclose(
+        geometry.geodesic_error(got, P), geometry.geodesic_error(got, back), atol=0.01
+    )
+
+
+def test_two_views_make_predictions_mirror_equivariant(images):
+    """The mirror image's 2-view prediction is the mirrored 2-view prediction, S R S; one view
+    is not mirror-equivariant, so the property is the views' doing."""
+    for views, equivariant in ((2, True), (1, False)):
+        model = _views_model(views)
+        R = _predict(model, images)
+        mirrored = _predict(model, images[:, :, ::-1])
+        err = geometry.geodesic_error(mirrored, S @ R @ S)
+        assert err.max() < 0.01 if equivariant else err.min() > 1.0, (views, err)
+
+
 def test_views_are_validated_and_kept_by_save_and_load(tmp_path, images):
     with pytest.raises(ValueError, match="views must be one of"):
         PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16), views=4)

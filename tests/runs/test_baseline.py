@@ -26,19 +26,13 @@ TINY = [
 ]
 
 
-def test_tiny_pooled_fa_baseline_run_registers_a_candidate(
-    ray_cluster, tmp_path, monkeypatch, capsys
-):
+def test_tiny_pooled_fa_baseline_run_registers_a_candidate(ray_cluster, tmp_path, capsys):
     import mlflow
 
     from clerf_ray import registry
 
-    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI, which registry.setup then keeps: an
-    # earlier test's store would receive the registration.
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     registry.setup(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.create_experiment("clerf", artifact_location=f"file://{tmp_path}/artifacts")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
     cfg = load_config(
         None,

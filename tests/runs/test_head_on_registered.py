@@ -32,10 +32,6 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
     from clerf_ray.models import PoseModel, create_encoder
 
     monkeypatch.chdir(tmp_path)
-    # Earlier tests leave MLflow's exported variables behind; registry.setup would keep a
-    # registry URI it did not export itself.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     try:

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -103,17 +102,21 @@ def _returned(out_dir: Path, rank: int) -> dict:
     return json.loads((out_dir / f"return-rank{rank}.json").read_text())
 
 
-def _pretrain(cfg: Config, out_dir: Path, name: str):
+def _pair_datasets(cfg: Config) -> dict:
     from clerf_ray.data.pairs import build_pair_dataset
 
+    return epoch_datasets(
+        build_pair_dataset, cfg.pretrain.epochs, cfg=cfg.data.pair_config(seed=cfg.seed)
+    )
+
+
+def _pretrain(cfg: Config, out_dir: Path, name: str):
     return run_stage(
         stage="pretrain",
         loop=_recording(pretrain_loop, str(out_dir)),
         loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
         section=cfg.pretrain,
-        datasets=epoch_datasets(
-            build_pair_dataset, cfg.pretrain.epochs, cfg=cfg.data.pair_config(seed=cfg.seed)
-        ),
+        datasets=_pair_datasets(cfg),
         storage_path=cfg.storage_path,
         name=name,
     )
@@ -161,9 +164,66 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
 
 
+def _killed_once(loop, out_dir: str, run_dir: str, rank: int, shard: str):
+    """``loop`` wrapped so that every rank logs the datasets it asks for (``shards-rank{r}.txt``:
+    pid and dataset name, one line per request) and, on the first start only (no ``killed``
+    marker file yet), ``rank`` SIGKILLs its own worker process when it asks for ``shard``, once
+    the checkpoint of the epoch before is registered. The marker holds the killed pid.
+    (What the workers run is defined in here: cloudpickle sends nested functions by value,
+    module-level ones by reference to this test module.)"""
+
+    def wait_for_registered_checkpoint(timeout_s: float = 120.0) -> None:
+        # The controller records each checkpoint in the run's snapshot, the file that
+        # ray.train.get_checkpoint() is restored from after a failure.
+        deadline = time.monotonic() + timeout_s
+        snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+        while time.monotonic() < deadline:
+            text = snapshot.read_text() if snapshot.exists() else ""
+            if any(p.name in text for p in Path(run_dir).glob("checkpoint_*")):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"no checkpoint registered under {run_dir} in {timeout_s:.0f}s")
+
+    def with_kill(config):
+        import ray.train
+
+        me = ray.train.get_context().get_world_rank()
+        marker = os.path.join(out_dir, "killed")
+        get_dataset_shard = ray.train.get_dataset_shard
+
+        def logged(name):
+            with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
+                f.write(f"{os.getpid()} {name}\n")
+            if me == rank and name == shard and not os.path.exists(marker):
+                wait_for_registered_checkpoint()
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return get_dataset_shard(name)
+
+        ray.train.get_dataset_shard = logged  # common.fit looks it up at every epoch
+        try:
+            return loop(config)
+        finally:
+            ray.train.get_dataset_shard = get_dataset_shard
+
+    return with_kill
+
+
+def _shards_by_start(out_dir: Path, rank: int) -> list[list[str]]:
+    """The datasets ``rank`` asked for, one list per start (in the order of the starts)."""
+    path = out_dir / f"shards-rank{rank}.txt"
+    asked: dict[int, list[str]] = {pid: [] for pid in _starts(out_dir, rank)}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        pid, name = line.split()
+        asked[int(pid)].append(name)
+    return list(asked.values())
+
+
 def test_resume_after_worker_process_killed(ray_cluster, tmp_path):
-    """SIGKILL of rank 1's worker process during epoch 2 of 2: Ray Train restarts the group from
-    the epoch-1 checkpoint and the run ends with epochs exactly 1, 2."""
+    """Rank 1's worker process SIGKILLs itself as it starts epoch 2 of 2 (after epoch 1's
+    checkpoint is registered, first start only): Ray Train restarts the group from the epoch-1
+    checkpoint, both ranks train epoch 2 only, and the run ends with epochs exactly 1, 2."""
     # max_failures=2, not 1: Ray 2.60's PlacementGroupCleaner can take a missed State API
     # lookup for a dead controller and remove the live run's placement group once (seen here
     # with other Ray instances on the machine; ray-project/ray#65447 review). That costs one
@@ -172,30 +232,29 @@ def test_resume_after_worker_process_killed(ray_cluster, tmp_path):
     out = tmp_path / "record"
     out.mkdir()
     run_dir = Path(cfg.storage_path) / "killed"
-    killed: dict = {}
+    killing = _killed_once(pretrain_loop, str(out), str(run_dir), rank=1, shard="epoch_1")
+    result = run_stage(
+        stage="pretrain",
+        loop=_recording(killing, str(out)),
+        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+        section=cfg.pretrain,
+        datasets=_pair_datasets(cfg),
+        storage_path=cfg.storage_path,
+        name="killed",
+    )
 
-    def kill_after_first_checkpoint():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            pids = _starts(out, 1)
-            if pids and _checkpoints(run_dir):
-                killed["pid"] = pids[0]
-                killed["checkpoints"] = len(_checkpoints(run_dir))
-                os.kill(pids[0], signal.SIGKILL)
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    killer.start()
-    result = _pretrain(cfg, out, "killed")
-    killer.join(timeout=5)
-
-    assert "pid" in killed, "the worker was never killed"
-    assert killed["checkpoints"] == 1, "killed too late: more than one epoch had finished"
+    killed = int((out / "killed").read_text())
     # Both ranks restarted (Ray Train restarts the whole group); the killed process is gone.
     starts = [_starts(out, r) for r in (0, 1)]
     assert len(starts[0]) == len(starts[1]) >= 2
-    assert starts[1][0] == killed["pid"] and killed["pid"] not in starts[1][1:]
+    assert starts[1][0] == killed and killed not in starts[1][1:]
+    # No epoch lost or repeated: the first start trained epoch 1 (rank 1 died asking for epoch
+    # 2's data), and every later start asked for epoch 2's data only.
+    asked = [_shards_by_start(out, r) for r in (0, 1)]
+    assert asked[1][0] == ["epoch_0", "epoch_1"]
+    assert asked[0][0][:1] == ["epoch_0"]
+    for r in (0, 1):
+        assert all(later == ["epoch_1"] for later in asked[r][1:]), asked[r]
     assert result.status == "ok"
     assert [h["epoch"] for h in result.history] == [1, 2]
     # Both restarted ranks resumed from the checkpoint: epoch 1 comes from it, epoch 2 was
