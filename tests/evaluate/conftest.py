@@ -84,3 +84,45 @@ def recorded_model(store):
         src = registry.log_model(model, "pose_model")
     registry.register("tiny-trained", src, run.info.run_id)
     return "tiny-trained@candidate"
+
+
+# (own angles of the label, angles the set stores), degrees. The stored ones are the same rotation
+# written another way (pitch + 180, 180 - yaw, roll + 180, as real sets store |yaw| > 90) or
+# wrapped by 360, so MAE against them differs from MAE against the labels' own angles.
+EULER_CASES = [
+    ((12, 25, 27), (-168, 155, -153)),
+    ((150, 85, 150), (-30, 95, -30)),
+    ((-20, -40, 170), (340, -40, -190)),
+    ((5, -10, 0), (5, -10, 0)),
+    ((-40, 30, -160), (140, 150, 20)),
+    ((60, 10, -20), (60, 10, -20)),
+]
+
+
+@pytest.fixture(scope="module")
+def euler_set(tmp_path_factory):
+    """6 renders at 32 px (the tiny model's input size) whose stored ``euler_deg`` are not the
+    labels' own decomposition (:data:`EULER_CASES`). Under the AFLW2000 protocol the stored
+    angles keep rows 1, 3, 5; the labels' own angles would keep rows 0, 3, 5."""
+    from clerf_ray.data.schema import make_table
+    from clerf_ray.data.shards import write_shards
+    from clerf_ray.render import make_renderer
+
+    own = np.array([c[0] for c in EULER_CASES], dtype=float)
+    stored = np.array([c[1] for c in EULER_CASES], dtype=float)
+    R = geometry.euler_to_matrix(*np.radians(own).T)
+    np.testing.assert_allclose(geometry.euler_to_matrix(*np.radians(stored).T), R, atol=1e-12)
+    n = len(R)
+    images = make_renderer("procedural", image_size=32).render(np.arange(n) + 2_000_000, R)
+    out = str(tmp_path_factory.mktemp("euler") / "set")
+    table = make_table(
+        images,
+        R,
+        files=[f"e{i}.png" for i in range(n)],
+        dataset="test",
+        image_format="png",
+        euler_deg=stored,
+    )
+    write_shards(table, out)
+    # As the set holds them: float32.
+    return out, images, R.astype(np.float32).astype(np.float64), stored.astype(np.float32)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from clerf_ray import evaluate
 
-from .common import _geo
+from .common import _geo, rz
 
 
 def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_set, tmp_path):
@@ -66,6 +66,86 @@ def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_
     assert run.data.tags["model_version"] == "1"
     assert run.data.metrics["standard/geodesic_mean"] == pytest.approx(row["geodesic_mean"])
     assert "fa/mae_mean" in run.data.metrics
+
+
+def _euler_deg(R):
+    """(N, 3) (pitch, yaw, roll) degrees of R = Rz(roll) Ry(yaw) Rx(pitch), |yaw| < 90 (by hand,
+    not geometry.matrix_to_euler)."""
+    R = np.asarray(R, dtype=np.float64)
+    pitch = np.arctan2(R[:, 2, 1], R[:, 2, 2])
+    yaw = np.arcsin(np.clip(-R[:, 2, 0], -1, 1))
+    roll = np.arctan2(R[:, 1, 0], R[:, 0, 0])
+    return np.degrees(np.stack([pitch, yaw, roll], -1))
+
+
+def _wrapped_mae(pred_deg, true_deg):
+    """Per-angle mean of |difference| wrapped into [0, 180]: (pitch, yaw, roll)."""
+    d = np.abs(np.asarray(pred_deg, dtype=np.float64) - true_deg) % 360.0
+    return np.minimum(d, 360.0 - d).mean(axis=0)
+
+
+def _check_mae(row, expected):
+    for k, v in zip(("mae_pitch", "mae_yaw", "mae_roll"), expected, strict=True):
+        assert float(row[k]) == pytest.approx(v, abs=1e-3), (k, row[k], v)
+    assert float(row["mae_mean"]) == pytest.approx(np.mean(expected), abs=1e-3)
+
+
+def test_report_mae_against_the_sets_own_angles(store, euler_set, tmp_path):
+    """On a Parquet set the MAE columns compare with the stored ``euler_deg`` (here another
+    triple of the same rotation, or wrapped by 360), the SA variant's with its transformed labels'
+    own angles; the AFLW2000 protocol filters by the stored angles."""
+    import torch
+
+    uri, model = store
+    path, images, R, stored = euler_set
+    with torch.no_grad():
+        pred = model(model.preprocess(images)).double().numpy()
+    pred_deg = _euler_deg(pred)
+    report = evaluate.run_evaluation(
+        ["tiny-head@candidate"],
+        path,
+        variants=["standard", "sa"],
+        out=tmp_path / "all",
+        tracking_uri=uri,
+        plots=False,
+        log_mlflow=False,
+    )
+    expected = _wrapped_mae(pred_deg, stored)
+    # The fixture has teeth: against the labels' own angles the MAE is far off.
+    assert np.abs(_wrapped_mae(pred_deg, _euler_deg(R)) - expected).min() > 10
+    std, sa = report.rows
+    assert (std["variant"], std["n"], sa["variant"], sa["n"]) == ("standard", 6, "sa", 6)
+    _check_mae(std, expected)
+    with open(tmp_path / "all" / "results.csv") as f:
+        _check_mae(next(csv.DictReader(f)), expected)
+    first = (tmp_path / "all" / "results.md").read_text().splitlines()[4].split("|")
+    assert [c.strip() for c in first[4:8]] == [f"{v:.2f}" for v in [*expected, expected.mean()]]
+
+    # SA: the set's labels turned in-plane; the reference is their own angles (the stored
+    # ones describe the untransformed labels). Images and labels of the variant as the report
+    # makes them (tests/evaluate/test_test_sets.py checks that they agree).
+    v = evaluate.make_variant(evaluate.EvalSet("x", images, R), "sa", seed=0)
+    with torch.no_grad():
+        pred_sa = model(model.preprocess(v.images)).double().numpy()
+    _check_mae(sa, _wrapped_mae(_euler_deg(pred_sa), _euler_deg(v.R)))
+
+    # AFLW2000 protocol by the stored angles: rows 1, 3, 5 (the labels' own: 0, 3, 5).
+    report = evaluate.run_evaluation(
+        ["tiny-head@candidate"],
+        path,
+        variants=["standard"],
+        aflw_protocol=True,
+        out=tmp_path / "aflw",
+        tracking_uri=uri,
+        plots=False,
+        log_mlflow=False,
+    )
+    (row,) = report.rows
+    keep = [1, 3, 5]
+    assert row["n"] == 3
+    _check_mae(row, _wrapped_mae(pred_deg[keep], stored[keep]))
+    err = [_geo(p, t) for p, t in zip(pred[keep], R[keep], strict=True)]
+    assert row["geodesic_mean"] == pytest.approx(np.mean(err), abs=1e-3)
 
 
 def test_report_plots_are_written(store, labelled_set, tmp_path):
@@ -139,7 +219,7 @@ def test_cli_evaluate_on_synthetic_renders_with_sa(
     ray_cluster, store, recorded_model, tmp_path, capsys
 ):
     """`clerf evaluate --data synthetic` end to end: renders of the identities the training run
-    recorded, at the size and with the options given on the command line, standard and SA."""
+    recorded, at the size and with the options given on the command line, standard, SA and FA."""
     from clerf_ray.cli import main
     from clerf_ray.render import make_renderer
 
@@ -153,7 +233,7 @@ def test_cli_evaluate_on_synthetic_renders_with_sa(
             "--data",
             "synthetic",
             "--variants",
-            "standard,sa",
+            "standard,sa,fa",
             "--num-samples",
             "8",
             "--seed",
@@ -203,19 +283,51 @@ def test_cli_evaluate_on_synthetic_renders_with_sa(
     assert (diffs.min(axis=0) < 1.0).all() and (diffs.max(axis=0) > 5.0).all()
     assert set(diffs.argmin(axis=0)) == {0, 1}
 
-    # Expected errors from the model run directly on those images and on their SA variant.
+    # Expected errors from the model run directly on those images and on their SA and FA
+    # variants, rebuilt here without make_variant (whose images and labels
+    # tests/evaluate/test_test_sets.py checks against the renderer).
     with open(out / "results.csv") as f:
         rows = {row["variant"]: row for row in csv.DictReader(f)}
-    for variant in ("standard", "sa"):
-        vset = evaluate.make_variant(base, variant, seed=3)
+    assert set(rows) == {"standard", "sa", "fa"}
+    for variant in ("standard", "sa", "fa"):
+        images, labels = _variant_by_hand(base.images, base.R, variant, seed=3)
         with torch_no_grad():
-            pred = model(model.preprocess(vset.images)).double().numpy()
-        err = [_geo(p, t) for p, t in zip(pred, vset.R, strict=True)]
+            pred = model(model.preprocess(images)).double().numpy()
+        err = [_geo(p, t) for p, t in zip(pred, labels, strict=True)]
         assert float(rows[variant]["geodesic_mean"]) == pytest.approx(np.mean(err), abs=1e-3)
         assert float(rows[variant]["geodesic_p90"]) == pytest.approx(
             np.percentile(err, 90), abs=1e-3
         )
+        assert float(rows[variant]["mae_mean"]) == pytest.approx(
+            _wrapped_mae(_euler_deg(pred), _euler_deg(labels)).mean(), abs=1e-3
+        )
         assert int(rows[variant]["n"]) == 8
+
+
+def _variant_by_hand(images, R, preset, seed):
+    """The SA / FA variant rebuilt without make_variant: the draw of sample i from the generator
+    keyed by (seed, salt, i) that make_variant documents, then numpy flips, ``augment.rotate``
+    for the turn, and labels written out from the frame convention (DESIGN.md): a mirror x -> -x
+    maps R to S R S, a mirror y -> -y to S R S Rz(180), a turn of the image by t counterclockwise
+    as displayed to R Rz(-t)."""
+    from clerf_ray.augment import GeometricAugment, rotate
+    from clerf_ray.evaluate.test_sets import _VARIANT_SALT
+
+    if preset == "standard":
+        return images, R
+    S = np.diag([-1.0, 1.0, 1.0])
+    aug = GeometricAugment.preset(preset)
+    out_images, out_R = [], []
+    for i in range(len(R)):
+        degrees, h, v = aug.draw(np.random.default_rng([seed, _VARIANT_SALT, i]))
+        im, lab = images[i], R[i]
+        if h:
+            im, lab = im[:, ::-1], S @ lab @ S
+        if v:
+            im, lab = im[::-1], S @ lab @ S @ rz(180)
+        out_images.append(rotate(np.ascontiguousarray(im), np.eye(3), degrees)[0])
+        out_R.append(lab @ rz(-degrees))
+    return np.stack(out_images), np.stack(out_R)
 
 
 def torch_no_grad():
