@@ -322,6 +322,31 @@ def _coverage(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "tune",
+    help="Ray Tune search of the CLERF recipe (jobs/tune.py): the space, budget, scheduler and "
+    "metric come from the config's tune section; rerun the same command to resume",
+    args=[
+        arg("--config", help="YAML config file layered over the defaults"),
+        arg("overrides", nargs="*", help="key=value overrides, e.g. tune.num_samples=8"),
+    ],
+)
+def _tune(ns: argparse.Namespace) -> int:
+    from clerf_ray.preflight import config_from_args
+    from clerf_ray.runs.search import run_search, summary_table
+
+    cfg = config_from_args(ns)
+    if cfg is None:
+        return 2
+    try:
+        result = run_search(cfg)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary_table(cfg, result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clerf", description="CLERF head pose estimation on Ray")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 @dataclass
@@ -317,6 +317,105 @@ class TrackingSection(_Section):
     register_models: bool = True
 
 
+class SearchDimension(_Section):
+    """One searched field of ``tune.space``: a list of ``choices``, or a range ``low``..``high``
+    (``log``: log-uniform; ``integer``: whole numbers)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        has_range = self.low is not None or self.high is not None
+        if (self.choices is None) == (not has_range):
+            raise ValueError("give either choices: [...] or low and high")
+        if self.choices is not None and len(self.choices) == 0:
+            raise ValueError("choices must not be empty")
+        if has_range:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a range needs low < high, got {self.low}, {self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must each make a valid config: every choice, or both ends of a range."""
+        if self.choices is not None:
+            return list(self.choices)
+        ends = [self.low, self.high]
+        return [int(v) for v in ends] if self.integer else ends
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "pretrain.batch_size": SearchDimension(choices=[32, 64]),
+        "pretrain.epochs": SearchDimension(choices=[2, 4]),
+        "model.backbone": SearchDimension(choices=["resnet10t", "mobilenetv3_small_100"]),
+    }
+
+
+class TuneSection(_Section):
+    """Ray Tune search of the CLERF recipe (``jobs/tune.py``, ``clerf_ray.runs.search``).
+
+    Each trial runs pretraining, the head on the frozen encoder and the error on validation
+    renders, at the trial's values of ``space`` over the rest of the config, with
+    ``trial_overrides`` applied first (the per-trial budget)."""
+
+    space: dict[str, SearchDimension] = Field(
+        default_factory=_default_space,
+        description="dotted config field -> {choices: [...]} or {low, high, log, integer}",
+    )
+    trial_overrides: list[str] = Field(
+        default_factory=lambda: [
+            "data.num_pairs=4096",
+            "pretrain.time_limit_s=300",
+            "head.num_samples=4096",
+            "head.draws=2",
+            "head.epochs=2",
+            "head.time_limit_s=120",
+            "head.views=1",
+        ],
+        description="key=value overrides applied to every trial before its searched values: "
+        "the per-trial budget (the default search fits 30 minutes on 2 cores)",
+    )
+    num_samples: int = Field(4, gt=0, description="trials (per grid point with grid search)")
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    metric: Literal["val/geodesic_median", "val/geodesic_mean"] = Field(
+        "val/geodesic_median",
+        description="ranks trials: the head's error on validation renders (degrees)",
+    )
+    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["asha", "none"] = "asha"
+    asha_metric: str = Field(
+        "val/retrieval_median",
+        description="what ASHA compares after every pretraining epoch: median geodesic error "
+        "of nearest-neighbour pose retrieval from validation queries to validation references",
+    )
+    grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: int = Field(2, gt=1, description="ASHA: keep 1 in this many at a rung")
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="None: as many as the cluster's CPUs hold at the trials' budget"
+    )
+    trial_cpus: float = Field(
+        0.01,
+        gt=0,
+        description="CPUs the trial's own process holds (its Train workers and Ray Data "
+        "stages ask for theirs); tiny so that it never starves them",
+    )
+    name: str = Field("clerf-search", description="experiment name under storage_path")
+    val_identities: tuple[int, int] = Field(
+        (3_000_000, 3_100_000),
+        description="validation identities, disjoint from data.train_identities and "
+        "eval.identities",
+    )
+    val_samples: int = Field(512, gt=0, description="validation renders the head is scored on")
+    probe_queries: int = Field(128, gt=0, description="retrieval probe: query renders")
+    probe_references: int = Field(512, gt=0, description="retrieval probe: reference renders")
+
+
 class Config(_Section):
     """Everything a run needs; written to the run directory and logged to MLflow."""
 
@@ -331,6 +430,43 @@ class Config(_Section):
     head: HeadSection = Field(default_factory=HeadSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+    @model_validator(mode="after")
+    def _check_search_space(self):
+        # Every searched value must make a valid config itself: a bad choice fails at load, with
+        # its dotted name, before any trial starts.
+        if not self.tune.space:
+            return self
+        base = self.model_dump(mode="json", exclude={"tune"})
+        for key, dim in self.tune.space.items():
+            for value in dim.values_to_check():
+                data = json.loads(json.dumps(base))
+                data["tune"] = {"space": {}}  # the value alone, without searching again
+                node = data
+                parts = key.split(".")
+                for part in parts[:-1]:
+                    if not isinstance(node.get(part), dict):
+                        raise ValueError(f"tune.space: {key!r} is not a config field")
+                    node = node[part]
+                if parts[-1] not in node:
+                    raise ValueError(f"tune.space: {key!r} is not a config field")
+                node[parts[-1]] = value
+                try:
+                    Config.model_validate(data)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise ValueError(
+                        f"tune.space.{key}: {value!r} is not a valid value ({err['msg']})"
+                    ) from None
+        lo, hi = self.tune.val_identities
+        for name, (a, b) in (
+            ("data.train_identities", self.data.train_identities),
+            ("eval.identities", self.eval.identities),
+        ):
+            if lo < b and a < hi:
+                raise ValueError(f"tune.val_identities {self.tune.val_identities} overlap {name}")
+        return self
 
     @field_validator("storage_path")
     @classmethod
@@ -398,7 +534,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         lines = []
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+            if field:
+                lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+            else:  # a check across fields: its message names them
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         where = f" in {path}" if path else ""
         raise ConfigError("invalid configuration" + where + ":\n" + "\n".join(lines)) from None
 

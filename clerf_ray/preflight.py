@@ -158,12 +158,33 @@ def _time_limit_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def _search_space_problems(cfg: Config) -> list[str]:
+    """Backbones and image sizes a search would try: each searched value checked as above."""
+    space = cfg.tune.space
+    backbones = space["model.backbone"].values_to_check() if "model.backbone" in space else []
+    sizes = space["data.image_size"].values_to_check() if "data.image_size" in space else []
+    problems = []
+    for b in backbones or [cfg.model.backbone]:
+        for s in sizes or [cfg.data.image_size]:
+            if (b, s) == (cfg.model.backbone, cfg.data.image_size):
+                continue
+            changed = cfg.model_copy(
+                update={
+                    "model": cfg.model.model_copy(update={"backbone": b}),
+                    "data": cfg.data.model_copy(update={"image_size": int(s)}),
+                }
+            )
+            problems += [f"tune.space: {p}" for p in _backbone_problems(changed)]
+    return problems
+
+
 def check_config(cfg: Config, *, data_sets: bool = True) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` found without Ray: the
     backbone (unknown names get the closest timm names), the image size it must take, the
     renderer and its options, the labelled and pair-shard sets it names (``data_sets``), and
     time limits that cannot fit one epoch. Does nothing when all is well."""
     problems = _backbone_problems(cfg) + _renderer_problems(cfg) + _time_limit_problems(cfg)
+    problems += _search_space_problems(cfg)
     if data_sets:
         problems += _data_set_problems(cfg)
     if problems:

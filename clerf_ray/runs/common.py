@@ -35,7 +35,9 @@ def _git_sha() -> str | None:
         return None
 
 
-def log_history(stage: str, history: list[dict[str, Any]]) -> None:
+def log_history(stage: str, history: list[dict[str, Any]], epochs: bool = True) -> None:
+    """Log a stage's per-step losses and (with ``epochs``) its per-epoch metrics to the active
+    MLflow run; a search trial logs its epochs as they come instead (``runs.search``)."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -44,7 +46,7 @@ def log_history(stage: str, history: list[dict[str, Any]]) -> None:
         Metric(f"{stage}/step_loss", float(loss), now, step)
         for step, loss in enumerate((x for h in history for x in h["step_losses"]), 1)
     ]
-    for h in history:
+    for h in history if epochs else []:
         metrics += [
             Metric(f"{stage}/{k}", float(h[k]), now, int(h["epoch"]))
             for k in ("loss", "lr", "samples_per_s", "elapsed_s")

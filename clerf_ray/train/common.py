@@ -139,6 +139,7 @@ def fit(
     passes: int = 1,
     shuffle_buffer: int | None = None,
     in_memory: bool = False,
+    epoch_metrics=None,
 ) -> dict[str, Any]:
     """The epoch loop shared by both stages, inside a Ray Train worker.
 
@@ -150,6 +151,8 @@ def fit(
     ``shuffle_buffer`` rows are shuffled locally as batches are drawn (None: stream order). With
     ``in_memory`` the epoch's shard is read once into tensors and every pass is a full random
     permutation of it (for small rows such as cached embeddings; ``shuffle_buffer`` is unused).
+    ``epoch_metrics(model) -> dict`` (rank 0 only) adds measures of the model to every epoch's
+    report (for example the retrieval probe a search stops trials on).
 
     Returns:
         ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
@@ -239,6 +242,8 @@ def fit(
             "elapsed_s": elapsed,
             "step_losses": step_losses,
         }
+        if epoch_metrics is not None and rank == 0:
+            metrics.update(epoch_metrics(model))
         history.append(metrics)
         state = None
         if rank == 0:

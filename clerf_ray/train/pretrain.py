@@ -16,7 +16,9 @@ from clerf_ray.train import common
 
 
 def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """``train_loop_per_worker`` of the contrastive stage. ``config``: ``{"cfg": Config dict, "num_pairs": pairs per epoch}``."""
+    """``train_loop_per_worker`` of the contrastive stage. ``config``: ``{"cfg": Config dict, "num_pairs": pairs per epoch}``, and optionally
+    ``"probe"``: the retrieval probe's renders (a dict or an ObjectRef to one;
+    :mod:`clerf_ray.train.probe`)."""
     import ray.train
     import ray.train.torch
 
@@ -50,6 +52,16 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
         emb = model(torch.cat([anchor, positive])).float()
         return loss_fn(emb[: len(R)], emb[len(R) :], R), len(R)
 
+    # A search passes a retrieval probe (clerf_ray.train.probe) measured after every epoch, so
+    # that its scheduler can stop poor trials early; the main job passes none.
+    probe = config.get("probe")
+    if probe is not None:
+        import ray
+
+        from clerf_ray.train.probe import retrieval_probe
+
+        probe = retrieval_probe(ray.get(probe) if isinstance(probe, ray.ObjectRef) else probe)
+
     return common.fit(
         stage="pretrain",
         model=model,
@@ -58,4 +70,5 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
         steps=steps,
         per_worker=per_worker,
         loss_step=loss_step,
+        epoch_metrics=probe,
     )
