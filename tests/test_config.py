@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,30 @@ def test_the_documented_laptop_defaults():
     assert cfg.pretrain.time_limit_s == 600.0
     assert (cfg.head.num_samples, cfg.head.draws, cfg.head.views) == (8192, 4, 8)
     assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "features"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tune.space={pretrain.epochs: {choices: [0]}}", "tune.space.pretrain.epochs: 0"),
+        ("tune.space={pretrain.nope: {choices: [1]}}", "'pretrain.nope' is not a config field"),
+        ("tune.space={pretrain.lr: {low: 1.0e-2, high: 1.0e-4}}", "low < high"),
+        ("tune.space={pretrain.lr: {low: 0, high: 1, log: true}}", "log range needs low > 0"),
+        ("tune.space={pretrain.lr: {choices: []}}", "choices must not be empty"),
+        ("tune.val_identities=[0, 10]", "overlap data.train_identities"),
+    ],
+)
+def test_search_space_values_are_validated_at_load(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_a_valid_search_space_loads():
+    cfg = load_config(None, ["tune.space={pretrain.lr: {low: 1.0e-4, high: 1.0e-2, log: true}}"])
+    dim = cfg.tune.space["pretrain.lr"]
+    assert (dim.low, dim.high, dim.log, dim.choices) == (1e-4, 1e-2, True, None)
+    assert list(load_config().tune.space) == [
+        "pretrain.batch_size",
+        "pretrain.epochs",
+        "model.backbone",
+    ]
