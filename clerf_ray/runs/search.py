@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -555,6 +556,11 @@ def run_search(cfg: Config) -> SearchResult:
             ),
             run_config=run_config,
         )
+    # Tune writes its experiment state (which trials have finished) at most every 10 s by default,
+    # so a driver killed within 10 s of a trial finishing would run that trial again on resume.
+    # The state is a few KB per trial and trials last minutes: write it every second instead,
+    # unless the user chose a period. The controller reads the variable when fit() builds it.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     results = tuner.fit()
     rows = _rows(results, cfg)
     best = next((r for r in rows if r["status"] == "FINISHED"), None)

@@ -83,6 +83,44 @@ def _env():
     return env
 
 
+def _recorded_statuses(exp_dir: Path) -> dict[str, str]:
+    """Each trial's status in the newest experiment state Tune has written to storage."""
+    files = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda f: f.stat().st_mtime)
+    try:
+        state = json.loads(files[-1].read_text()) if files else {}
+    except (OSError, ValueError):  # being written
+        return {}
+    trials = [json.loads(trial_json) for trial_json, _ in state.get("trial_data", [])]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process in the driver's session (the driver and the local Ray it started)
+    and wait until none is left, so that the rerun's Ray is the only one."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    if os.getsid(int(entry.name)) == proc.pid and not zombie:
+                        left.append(int(entry.name))
+                except OSError:  # gone meanwhile
+                    pass
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"processes of the killed driver's session are still alive: {left}")
+
+
 @pytest.mark.slow
 def test_search_finishes_stops_one_early_records_a_failure_and_registers_the_best(
     ray_cluster, tmp_path, monkeypatch, capsys
@@ -177,21 +215,25 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        # Kill the driver (and its local Ray) once the first trial has finished and the second
-        # has started: the second is then unfinished.
+        # Kill the driver (and its local Ray) once the first trial has finished, Tune's state on
+        # storage says so (what a resume reads), and the second trial has started: the second
+        # is then unfinished.
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
             lines = [x for x in log_path.read_text().splitlines() if "[tune] trial" in x]
-            if sum("started:" in x for x in lines) >= 2 and any("finished:" in x for x in lines):
+            done = [x.split()[2] for x in lines if "finished:" in x]
+            if (
+                sum("started:" in x for x in lines) >= 2
+                and done
+                and _recorded_statuses(tmp_path / "runs" / "resume2").get(done[0]) == "TERMINATED"
+            ):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, log_path.read_text()[-4000:]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        _kill_session(proc)
     first = log_path.read_text()
     finished = [x.split()[2] for x in first.splitlines() if "finished:" in x and "[tune]" in x]
     assert len(finished) == 1
-    time.sleep(5)  # the killed driver's local Ray shares its fate (its processes were in the group)
 
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     second = out.stdout + out.stderr
@@ -200,5 +242,7 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     lines = [x for x in second.splitlines() if "[tune] trial" in x]
     done = [x.split()[2] for x in lines if "finished:" in x]
     # The finished trial is neither started nor finished again; the interrupted one finishes.
-    assert not any(finished[0] in x for x in lines), second[-4000:]
-    assert len(done) == 1 and done[0] != finished[0], second[-4000:]
+    both = "\n".join(x for x in first.splitlines() if "[tune] trial" in x) + "\n--\n"
+    both += "\n".join(lines)
+    assert not any(finished[0] in x for x in lines), both
+    assert len(done) == 1 and done[0] != finished[0], both
