@@ -113,3 +113,40 @@ def test_cli_from_labelled_parquet_and_pose_config(tmp_path, capsys):
         cli.main(["coverage", "--out", str(out)])
     with pytest.raises(SystemExit, match="no part"):
         cli.main(["coverage", "--labelled", str(tmp_path / "missing"), "--out", str(out)])
+
+
+def test_cli_pose_ranges_reach_the_plotted_labels(tmp_path, monkeypatch, capsys):
+    """``clerf coverage --poses ranges``: every plotted label lies in the ranges given on the
+    command line, and fills them. The angles are read back from the plotted axis vectors by hand
+    (R = Rz(roll) Ry(yaw) Rx(pitch): R[2,0] = -sin yaw, R[2,1] : R[2,2] = tan pitch, R[1,0] :
+    R[0,0] = tan roll), not by the code under test."""
+    seen = []
+    real_plot = coverage.plot_coverage
+
+    def record_then_plot(data, out, **kw):  # a spy: it records the data, then really plots
+        seen.append(data)
+        return real_plot(data, out, **kw)
+
+    monkeypatch.setattr(coverage, "plot_coverage", record_then_plot)
+    out = tmp_path / "ranges.png"
+    ranges = {"yaw": (10.0, 30.0), "pitch": (-5.0, 5.0), "roll": (40.0, 50.0)}
+    argv = ["coverage", "--poses", "ranges", "--num", "400", "--max-points", "400"]
+    argv += ["--augment", "none", "--out", str(out)]
+    for name, (lo, hi) in ranges.items():
+        argv += [f"--{name}-range", str(lo), str(hi)]
+    assert cli.main(argv) == 0
+    assert "400 labels" in capsys.readouterr().out and out.stat().st_size > 10_000
+    R = np.swapaxes(seen[0].before, 1, 2)  # the columns back into matrices
+    angles = {
+        "yaw": np.degrees(-np.arcsin(R[:, 2, 0])),
+        "pitch": np.degrees(np.arctan2(R[:, 2, 1], R[:, 2, 2])),
+        "roll": np.degrees(np.arctan2(R[:, 1, 0], R[:, 0, 0])),
+    }
+    for name, (lo, hi) in ranges.items():
+        a = angles[name]
+        assert a.min() >= lo - 1e-6 and a.max() <= hi + 1e-6, name
+        assert a.min() < lo + 0.1 * (hi - lo) and a.max() > hi - 0.1 * (hi - lo), name
+    # With augment none the plotted labels are the drawn ones.
+    np.testing.assert_allclose(seen[0].after, seen[0].before)
+    with pytest.raises(SystemExit, match="yaw_range"):
+        cli.main(["coverage", "--poses", "ranges", "--yaw-range", "30", "10", "--out", str(out)])

@@ -398,6 +398,23 @@ def test_nothing_valid_fails_and_names_source(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_rerun_with_nothing_valid_keeps_the_previous_output(aflw_source, tmp_path):
+    """A good run's shards and report survive a later run on a source with nothing valid in it,
+    byte for byte."""
+    out = tmp_path / "kept"
+    prepare_dataset("aflw2000", aflw_source, str(out), filter_99=False, shard_rows=2, log=None)
+    before = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+    assert len(before) == 3  # two shards and the report
+    broken = tmp_path / "AFLW2000_broken"
+    pts = landmarks_in_box(10, 10, 50, 50, 21)
+    write_mat_sample(broken, "image00001", pose=(0.0, 0.0, 0.0), pt2d=pts, kind="aflw2000")
+    truncate_file(broken / "image00001.jpg")
+    with pytest.raises(NoValidSamplesError, match="left unchanged"):
+        prepare_dataset("aflw2000", broken, str(out), shard_rows=2, log=None)
+    assert {f.name: f.read_bytes() for f in sorted(out.iterdir())} == before
+    assert load_labelled(str(out)).num_rows == 3
+
+
 def test_cli(aflw_source, tmp_path):
     out = tmp_path / "cli"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
