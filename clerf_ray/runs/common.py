@@ -83,6 +83,7 @@ def train_head_stage(cfg: Config, encoder, name: str, pool=None):
         ``(PoseModel, StageResult)``.
     """
     from clerf_ray.models import PoseModel, create_head_for, input_stats
+    from clerf_ray.train.common import parameter_checksum
     from clerf_ray.train.head import build_head_embeddings, head_loop
     from clerf_ray.train.runner import run_stage
 
@@ -123,7 +124,10 @@ def train_head_stage(cfg: Config, encoder, name: str, pool=None):
             for e in range(cfg.head.epochs)
         },
         storage_path=cfg.storage_path,
-        name=f"{name}-head",
+        # Named by the encoder it trains on: a rerun of the same run name resumes an interrupted
+        # head on the same encoder, but a rerun whose pretraining went on (more epochs) trains a
+        # new head instead of resuming the finished one fitted to the old encoder's features.
+        name=f"{name}-head-{parameter_checksum(encoder)[:12]}",
     )
     log_history("head", stage.history)
     head.load_state_dict(stage.state["model"])

@@ -24,6 +24,23 @@ class StageResult:
     message: str
 
 
+class WorkersFailedError(RuntimeError):
+    """A stage's workers failed more often than ``max_failures`` allows. The message names the
+    stage, the run, the limit, the last checkpoint (a rerun with the same run name resumes from
+    it) and the workers' error; the Ray Train error is chained as ``__cause__``."""
+
+
+def _last_checkpoint(run_path: str) -> str | None:
+    """The latest checkpoint Ray Train registered for the run at ``run_path`` (None: none)."""
+    import ray.train
+
+    try:
+        result = ray.train.Result.from_path(run_path)
+    except (RuntimeError, OSError, ValueError):  # no run there, or no snapshot yet
+        return None
+    return result.checkpoint.path if result.checkpoint is not None else None
+
+
 def epoch_datasets(
     build: Callable[..., Any], epochs: int, **kwargs
 ) -> dict[str, Callable[[], Any]]:
@@ -87,10 +104,24 @@ def fit_stage(trainer, *, stage: str, name: str) -> StageResult:
 
     Raises:
         common.NonFiniteLossError: the loss became NaN/inf (the message names the checkpoint kept).
-        ray.train.TrainingFailedError: the workers failed more than ``max_failures`` times.
+        WorkersFailedError: the workers failed more than ``max_failures`` times.
         RuntimeError: the run ended without a checkpoint.
     """
-    result = trainer.fit()
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        rc = trainer.run_config
+        run_path = f"{str(rc.storage_path).rstrip('/')}/{name}"
+        kept = _last_checkpoint(run_path)
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:500]
+        raise WorkersFailedError(
+            f"{stage}: the workers of run {name!r} failed more often than "
+            f"max_failures={rc.failure_config.max_failures} allows. Last checkpoint: "
+            f"{kept or 'none'}; run the same command again to resume from it. "
+            f"Last error: {cause}"
+        ) from e
     out = result.return_value
     if not out:
         raise RuntimeError(f"{stage}: the run {name!r} returned no outcome from its workers")

@@ -92,6 +92,25 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
             median, abs=0.006
         )
         assert float(mv.tags["geodesic_median"]) == pytest.approx(median, abs=0.006)
+
+        # The same run name on another encoder (as after more pretraining): a new head run is
+        # trained for it, not the first head resumed (that one fits the first encoder only).
+        torch.manual_seed(1)
+        enc2 = create_encoder(
+            backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
+        )
+        with mlflow.start_run() as run:
+            src = registry.log_model(enc2, "encoder")
+            assert registry.register("clerf-encoder", src, run.info.run_id) == "2"
+        assert job.main(["--encoder", "clerf-encoder/2", *overrides]) == 0
+        capsys.readouterr()
+        mv2 = registry.model_version("clerf-head@candidate")
+        assert str(mv2.version) == "2" and mv2.tags["encoder_version"] == "2"
+        runs = sorted(d.name for d in (tmp_path / "runs").iterdir() if d.name.startswith("headjob"))
+        assert len(runs) == 2 and all(r.startswith("headjob-head-") for r in runs), runs
+        second = registry.load_registered("clerf-head@candidate")
+        assert common.parameter_checksum(second.encoder) == common.parameter_checksum(enc2)
+        assert common.parameter_checksum(second.head) != common.parameter_checksum(model.head)
     finally:
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])

@@ -164,17 +164,14 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
 
 
-def _killed_once(loop, out_dir: str, run_dir: str, rank: int, shard: str):
-    """``loop`` wrapped so that every rank logs the datasets it asks for (``shards-rank{r}.txt``:
-    pid and dataset name, one line per request) and, on the first start only (no ``killed``
-    marker file yet), ``rank`` SIGKILLs its own worker process when it asks for ``shard``, once
-    the checkpoint of the epoch before is registered. The marker holds the killed pid.
-    (What the workers run is defined in here: cloudpickle sends nested functions by value,
-    module-level ones by reference to this test module.)"""
+def _registration_waiter():
+    """``wait(run_dir)``: block until the controller has recorded a checkpoint in the run's
+    snapshot, the file that ``ray.train.get_checkpoint()`` is restored from after a failure
+    (reports are asynchronous: a worker that dies right after reporting can die before its
+    checkpoint is registered). Made here, on the driver, so that the wrappers below capture it
+    and cloudpickle sends it to the workers by value."""
 
-    def wait_for_registered_checkpoint(timeout_s: float = 120.0) -> None:
-        # The controller records each checkpoint in the run's snapshot, the file that
-        # ray.train.get_checkpoint() is restored from after a failure.
+    def wait(run_dir: str, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
         while time.monotonic() < deadline:
@@ -183,6 +180,18 @@ def _killed_once(loop, out_dir: str, run_dir: str, rank: int, shard: str):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"no checkpoint registered under {run_dir} in {timeout_s:.0f}s")
+
+    return wait
+
+
+def _killed_once(loop, out_dir: str, run_dir: str, rank: int, shard: str):
+    """``loop`` wrapped so that every rank logs the datasets it asks for (``shards-rank{r}.txt``:
+    pid and dataset name, one line per request) and, on the first start only (no ``killed``
+    marker file yet), ``rank`` SIGKILLs its own worker process when it asks for ``shard``, once
+    the checkpoint of the epoch before is registered. The marker holds the killed pid.
+    (What the workers run is defined in here: cloudpickle sends nested functions by value,
+    module-level ones by reference to this test module.)"""
+    wait_for_registered = _registration_waiter()
 
     def with_kill(config):
         import ray.train
@@ -195,7 +204,7 @@ def _killed_once(loop, out_dir: str, run_dir: str, rank: int, shard: str):
             with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
                 f.write(f"{os.getpid()} {name}\n")
             if me == rank and name == shard and not os.path.exists(marker):
-                wait_for_registered_checkpoint()
+                wait_for_registered(run_dir)
                 with open(marker, "w") as f:
                     f.write(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -274,25 +283,29 @@ def test_resume_after_worker_process_killed(ray_cluster, tmp_path):
         assert first is None and later and None not in later
         assert common.load_state(ray.train.Checkpoint.from_directory(later[0]))["epoch"] == 0
 
-
-def test_nonfinite_loss_from_huge_learning_rate_stops_without_retry(ray_cluster, tmp_path):
-    cfg = tiny_config(
-        tmp_path,
-        "pretrain.lr=1e30",
-        "pretrain.epochs=1",
-        "pretrain.num_workers=1",
-        "pretrain.max_failures=2",
+    # README: running again with the same name resumes from the latest checkpoint, here with
+    # one more epoch: the rerun asks for epoch 3's data only and ends with epochs 1, 2, 3 (1 and
+    # 2 from the checkpoint, with the first run's losses).
+    more = tiny_config(tmp_path, "pretrain.epochs=3")
+    out3 = tmp_path / "rerun"
+    out3.mkdir()
+    rerun = run_stage(
+        stage="pretrain",
+        loop=_recording(_asking(pretrain_loop, str(out3)), str(out3)),
+        loop_config={"cfg": more.model_dump(mode="json"), "num_pairs": more.data.num_pairs},
+        section=more.pretrain,
+        datasets=_pair_datasets(more),
+        storage_path=more.storage_path,
+        name="killed",
     )
-    out = tmp_path / "record"
-    out.mkdir()
-    with pytest.raises(common.NonFiniteLossError) as err:
-        _pretrain(cfg, out, "nan-lr")
-    msg = str(err.value)
-    assert re.search(r"pretrain: non-finite loss at epoch 1 step [2-8]\b", msg), msg
-    assert "Last good checkpoint: none" in msg
-    # Stopped, not retried although max_failures=2.
-    assert len(_starts(out, 0)) == 1
-    assert _returned(out, 0)["status"] == "nonfinite"
+    assert rerun.status == "ok"
+    assert [h["epoch"] for h in rerun.history] == [1, 2, 3]
+    assert rerun.history[:2] == result.history
+    for r in (0, 1):
+        (handed,) = _resumed_from(out3, r)
+        assert Path(handed).name == Path(result.checkpoint_path).name
+        assert _shards_by_start(out3, r) == [["epoch_2"]]
+    assert rerun.state["epoch"] == 2
 
 
 def _labelled_dataset(n: int, size: int, seed: int, poison: int | None = None):
@@ -455,3 +468,193 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cl
     assert state["epoch"] == 0
     assert [h["epoch"] for h in state["history"]] == [1]
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# ----------------------------------------------------------- what the README promises on failures
+
+
+def _asking(loop, out_dir: str):
+    """``loop`` wrapped so that each rank logs the datasets it asks for (as :func:`_killed_once`
+    does, without the kill)."""
+
+    def logged_loop(config):
+        import ray.train
+
+        me = ray.train.get_context().get_world_rank()
+        get_dataset_shard = ray.train.get_dataset_shard
+
+        def logged(name):
+            with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
+                f.write(f"{os.getpid()} {name}\n")
+            return get_dataset_shard(name)
+
+        ray.train.get_dataset_shard = logged
+        try:
+            return loop(config)
+        finally:
+            ray.train.get_dataset_shard = get_dataset_shard
+
+    return logged_loop
+
+
+def _dies_at(loop, shard: str, run_dir: str):
+    """``loop`` wrapped so that its worker SIGKILLs itself whenever it asks for ``shard``, on
+    every start, once the checkpoint before is registered."""
+    wait_for_registered = _registration_waiter()
+
+    def dying(config):
+        import ray.train
+
+        get_dataset_shard = ray.train.get_dataset_shard
+
+        def deadly(name):
+            if name == shard:
+                wait_for_registered(run_dir)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return get_dataset_shard(name)
+
+        ray.train.get_dataset_shard = deadly
+        try:
+            return loop(config)
+        finally:
+            ray.train.get_dataset_shard = get_dataset_shard
+
+    return dying
+
+
+def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(ray_cluster, tmp_path):
+    """The worker dies as it starts epoch 2, on every start. With ``max_failures=1`` Ray Train
+    restarts it once from epoch 1's checkpoint, then gives up: the error names the stage, the
+    run, the number of failures and the checkpoint a rerun resumes from."""
+    from clerf_ray.train.runner import WorkersFailedError
+
+    cfg = tiny_config(
+        tmp_path, "pretrain.epochs=2", "pretrain.num_workers=1", "pretrain.max_failures=1"
+    )
+    out = tmp_path / "record"
+    out.mkdir()
+    with pytest.raises(WorkersFailedError) as err:
+        run_stage(
+            stage="pretrain",
+            loop=_recording(
+                _dies_at(pretrain_loop, "epoch_1", str(Path(cfg.storage_path) / "doomed")),
+                str(out),
+            ),
+            loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+            section=cfg.pretrain,
+            datasets=_pair_datasets(cfg),
+            storage_path=cfg.storage_path,
+            name="doomed",
+        )
+    msg = str(err.value)
+    assert "pretrain" in msg and "'doomed'" in msg and "max_failures=1" in msg, msg
+    kept = re.search(r"Last checkpoint: (\S+?)[;.]?\s", msg + " ").group(1)
+    assert Path(kept).parent.name == "doomed"
+    import ray.train
+
+    assert common.load_state(ray.train.Checkpoint.from_directory(kept))["epoch"] == 0
+    # Two starts (the first and one restart, from the checkpoint), no third.
+    assert len(_starts(out, 0)) == 2
+    first, restart = _resumed_from(out, 0)
+    assert first is None and Path(restart).name == Path(kept).name
+
+
+def _fast_clock_on(loop, rank: int, factor: float):
+    """``loop`` wrapped so that on ``rank`` the epoch loop's clock runs ``factor`` times fast
+    (``common.time`` replaced in that worker only): that rank alone crosses a time limit."""
+
+    def timed(config):
+        import types
+
+        import ray.train
+
+        from clerf_ray.train import common as worker_common
+
+        if ray.train.get_context().get_world_rank() == rank:
+            real = worker_common.time
+            worker_common.time = types.SimpleNamespace(monotonic=lambda: real.monotonic() * factor)
+        return loop(config)
+
+    return timed
+
+
+def test_time_limit_crossed_on_one_rank_stops_both_after_the_same_epoch(ray_cluster, tmp_path):
+    """Rank 1's clock runs 10^5 times fast, so only rank 1 sees epoch 1 take longer than the
+    1000 s limit (rank 0's epoch takes seconds). Both ranks stop after epoch 1 of 3 with the
+    time-limit status; neither waits for the other in a collective."""
+    cfg = tiny_config(tmp_path, "pretrain.epochs=3", "pretrain.time_limit_s=1000")
+    out = tmp_path / "record"
+    out.mkdir()
+    result = run_stage(
+        stage="pretrain",
+        loop=_recording(_fast_clock_on(pretrain_loop, rank=1, factor=1e5), str(out)),
+        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+        section=cfg.pretrain,
+        datasets=_pair_datasets(cfg),
+        storage_path=cfg.storage_path,
+        name="clock",
+    )
+    ranks = [_returned(out, r) for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["time_limit", "time_limit"]
+    assert [[h["epoch"] for h in r["history"]] for r in ranks] == [[1], [1]]
+    assert ranks[0]["history"][0]["elapsed_s"] < 1000 < ranks[1]["history"][0]["elapsed_s"]
+    assert result.status == "time_limit" and "after epoch 1" in result.message
+    assert result.state["epoch"] == 0
+
+
+def _nan_loss_on(loop, rank: int, at_step: int):
+    """``loop`` wrapped so that on ``rank`` the loss of its ``at_step``-th step (counted over
+    epochs) is NaN; the other rank's losses stay finite."""
+
+    def poisoned(config):
+        import ray.train
+
+        from clerf_ray.train import common as worker_common
+
+        if ray.train.get_context().get_world_rank() == rank:
+            real_fit = worker_common.fit
+
+            def fit(**kw):
+                real_step, count = kw["loss_step"], [0]
+
+                def step(batch):
+                    loss, n = real_step(batch)
+                    count[0] += 1
+                    return (loss * float("nan") if count[0] == at_step else loss), n
+
+                return real_fit(**{**kw, "loss_step": step})
+
+            worker_common.fit = fit
+        return loop(config)
+
+    return poisoned
+
+
+def test_nonfinite_loss_on_one_rank_of_two_stops_both(ray_cluster, tmp_path):
+    """Rank 1's loss is NaN at its 6th step (epoch 2 step 2; 4 steps per epoch), rank 0's is
+    finite throughout. Both ranks stop at that step, neither retries (``max_failures=2``), and
+    the error keeps epoch 1's checkpoint."""
+    cfg = tiny_config(tmp_path, "pretrain.epochs=3", "pretrain.max_failures=2")
+    out = tmp_path / "record"
+    out.mkdir()
+    with pytest.raises(common.NonFiniteLossError) as err:
+        run_stage(
+            stage="pretrain",
+            loop=_recording(_nan_loss_on(pretrain_loop, rank=1, at_step=6), str(out)),
+            loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+            section=cfg.pretrain,
+            datasets=_pair_datasets(cfg),
+            storage_path=cfg.storage_path,
+            name="nan-rank1",
+        )
+    msg = str(err.value)
+    # The error comes from rank 0's report, whose own loss was finite.
+    assert re.search(r"pretrain: non-finite loss at epoch 2 step 2 \(rank 0: [0-9.]+\)", msg), msg
+    ranks = [_returned(out, r) for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["nonfinite", "nonfinite"]
+    assert [[h["epoch"] for h in r["history"]] for r in ranks] == [[1], [1]]
+    assert [len(_starts(out, r)) for r in (0, 1)] == [1, 1]
+    kept = re.search(r"Last good checkpoint: (\S+)$", msg).group(1)
+    import ray.train
+
+    assert common.load_state(ray.train.Checkpoint.from_directory(kept))["epoch"] == 0
