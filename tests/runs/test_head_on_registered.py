@@ -22,6 +22,24 @@ def _load_job(name: str):
     return module
 
 
+def _register_random_encoder(seed: int, version: str):
+    """A random-init encoder (16-d embedding, 32 px) registered as ``clerf-encoder``, expected
+    to become ``version``; returns it."""
+    import mlflow
+
+    from clerf_ray import registry
+    from clerf_ray.models import create_encoder
+
+    torch.manual_seed(seed)
+    enc = create_encoder(
+        backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
+    )
+    with mlflow.start_run() as run:
+        src = registry.log_model(enc, "encoder")
+        assert registry.register("clerf-encoder", src, run.info.run_id) == version
+    return enc
+
+
 def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch, capsys):
     """``jobs/train_head.py --encoder clerf-encoder@candidate``: the encoder is a registered
     random-init stand-in (no pretraining, to keep the test short)."""
@@ -29,20 +47,14 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
 
     from clerf_ray import registry
     from clerf_ray.evaluate import evaluate_model, heldout_renders
-    from clerf_ray.models import PoseModel, create_encoder
+    from clerf_ray.models import PoseModel
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     try:
         registry.setup(uri, "head-job-test")
-        torch.manual_seed(0)
-        enc = create_encoder(
-            backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
-        )
-        with mlflow.start_run() as run:
-            src = registry.log_model(enc, "encoder")
-            assert registry.register("clerf-encoder", src, run.info.run_id) == "1"
+        enc = _register_random_encoder(seed=0, version="1")
         job = _load_job("train_head")
         # A missing encoder fails before any training, naming the reference.
         assert (
@@ -95,13 +107,7 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
 
         # The same run name on another encoder (as after more pretraining): a new head run is
         # trained for it, not the first head resumed (that one fits the first encoder only).
-        torch.manual_seed(1)
-        enc2 = create_encoder(
-            backbone="resnet10t", embedding_dim=16, projection_hidden=32, image_size=32
-        )
-        with mlflow.start_run() as run:
-            src = registry.log_model(enc2, "encoder")
-            assert registry.register("clerf-encoder", src, run.info.run_id) == "2"
+        enc2 = _register_random_encoder(seed=1, version="2")
         assert job.main(["--encoder", "clerf-encoder/2", *overrides]) == 0
         capsys.readouterr()
         mv2 = registry.model_version("clerf-head@candidate")

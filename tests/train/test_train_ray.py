@@ -473,28 +473,39 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cl
 # ----------------------------------------------------------- what the README promises on failures
 
 
-def _asking(loop, out_dir: str):
-    """``loop`` wrapped so that each rank logs the datasets it asks for (as :func:`_killed_once`
-    does, without the kill)."""
+def _on_shard_request(loop, hook):
+    """``loop`` wrapped so that ``hook(rank, name)`` runs in the worker each time the loop asks
+    for the dataset shard ``name`` (``common.fit`` looks ``get_dataset_shard`` up every epoch).
+    ``hook`` must be a nested function, so that cloudpickle sends it by value."""
 
-    def logged_loop(config):
+    def hooked(config):
         import ray.train
 
         me = ray.train.get_context().get_world_rank()
         get_dataset_shard = ray.train.get_dataset_shard
 
-        def logged(name):
-            with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
-                f.write(f"{os.getpid()} {name}\n")
+        def asked(name):
+            hook(me, name)
             return get_dataset_shard(name)
 
-        ray.train.get_dataset_shard = logged
+        ray.train.get_dataset_shard = asked
         try:
             return loop(config)
         finally:
             ray.train.get_dataset_shard = get_dataset_shard
 
-    return logged_loop
+    return hooked
+
+
+def _asking(loop, out_dir: str):
+    """``loop`` wrapped so that each rank logs the datasets it asks for (``shards-rank{r}.txt``,
+    as :func:`_killed_once` does, without the kill)."""
+
+    def log(me, name):
+        with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
+            f.write(f"{os.getpid()} {name}\n")
+
+    return _on_shard_request(loop, log)
 
 
 def _dies_at(loop, shard: str, run_dir: str):
@@ -502,24 +513,12 @@ def _dies_at(loop, shard: str, run_dir: str):
     every start, once the checkpoint before is registered."""
     wait_for_registered = _registration_waiter()
 
-    def dying(config):
-        import ray.train
+    def die(me, name):
+        if name == shard:
+            wait_for_registered(run_dir)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        get_dataset_shard = ray.train.get_dataset_shard
-
-        def deadly(name):
-            if name == shard:
-                wait_for_registered(run_dir)
-                os.kill(os.getpid(), signal.SIGKILL)
-            return get_dataset_shard(name)
-
-        ray.train.get_dataset_shard = deadly
-        try:
-            return loop(config)
-        finally:
-            ray.train.get_dataset_shard = get_dataset_shard
-
-    return dying
+    return _on_shard_request(loop, die)
 
 
 def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(ray_cluster, tmp_path):
