@@ -63,7 +63,7 @@ def run_direct(cfg, threads: int) -> tuple[float, float, int]:
         batch = pairs._sample_synthetic({"id": ids}, cfg, 0, pose_range, None)
         batch["anchor"] = renderer.render(batch["identity_a"], batch["R"])
         batch["positive"] = renderer.render(batch["identity_b"], batch["R"])
-        out = pairs._augment_batch(batch, cfg.augment, cfg.seed, 0)
+        out = pairs.augment_batch(batch, cfg.augment, cfg.seed, 0)
         made += len(out["R"])
         first = first or (time.perf_counter() - t0, made)
     assert made == cfg.num_pairs

@@ -25,12 +25,16 @@ as float32 (tensors on the input's device for torch input) and is not differenti
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-Array = np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+Array = "np.ndarray | torch.Tensor"
 
 # C maps the dataset's head frame to the OpenCV camera frame (and back: C is its own inverse).
 C = np.diag([1.0, -1.0, -1.0])
@@ -47,7 +51,24 @@ FFHQ_FOCAL = 4.2647
 
 
 def _is_torch(x) -> bool:
-    return isinstance(x, torch.Tensor)
+    # torch is imported only once a tensor can exist: a tensor means torch is in sys.modules.
+    # Data-side processes (Ray Data tasks and split coordinators, renderer actors) use this module
+    # on numpy arrays only, and each new one of them is spared torch's import (2-3 s of CPU here).
+    mod = sys.modules.get("torch")
+    return mod is not None and isinstance(x, mod.Tensor)
+
+
+class _Torch:
+    """``torch``, imported at first use (see :func:`_is_torch`): only the tensor branches below
+    reach it, and they run on tensors, so torch is already loaded by then."""
+
+    def __getattr__(self, name: str):
+        import torch as mod
+
+        return getattr(mod, name)
+
+
+torch = _Torch()  # noqa: F811
 
 
 def _stack(xs: Sequence[Array], axis: int) -> Array:

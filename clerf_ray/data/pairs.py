@@ -62,12 +62,22 @@ from clerf_ray.data.render_stage import (
 from clerf_ray.data.sampling import AUGMENT, pair_ids, pose_pool, rngs, sample_synthetic
 from clerf_ray.data.shards import DEFAULT_SHARD_ROWS, read_report
 
-__all__ = ["PairDataConfig", "build_pair_dataset", "pairs_per_epoch", "render_pool"]
+__all__ = [
+    "PairDataConfig",
+    "augment_batch",
+    "build_pair_dataset",
+    "pairs_per_epoch",
+    "pretrain_inputs",
+    "render_pool",
+]
 
 
-def _augment_batch(
+def augment_batch(
     batch: dict[str, np.ndarray], preset: str, seed: int, epoch: int
 ) -> dict[str, np.ndarray]:
+    """Epoch ``epoch``'s augmentation of a batch of rendered pairs: each pair's draw comes from
+    its ``pair_id`` (``rngs(seed, epoch, AUGMENT, ids)``), so it does not depend on the batch it
+    arrives in, on the order of the rows, or on where it runs."""
     aug = GeometricAugment.preset(preset)
     anchors, positives, labels = [], [], []
     ids = batch["pair_id"].astype(np.int64)
@@ -149,11 +159,51 @@ def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0, pool=None):
     else:
         rendered = _rendered(cfg, epoch)
     return rendered.map_batches(
-        _augment_batch,
+        augment_batch,
         fn_kwargs={"preset": cfg.augment, "seed": cfg.seed, "epoch": epoch},
         batch_format="numpy",
         num_cpus=cfg.stage_num_cpus,
     )
+
+
+def pretrain_inputs(
+    cfg: PairDataConfig, epochs: int, pool=None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pretraining stage's Ray Train datasets and what its loop needs to read them:
+    ``(datasets, loop_config)``, ``loop_config`` to merge into the stage's loop config.
+
+    Pairs arrive unaugmented; each worker applies epoch ``e``'s :func:`augment_batch` to its
+    batches (``loop_config["augment"]``), in Ray Data's collate threads, beside the steps.
+
+    * From a render ``pool`` or from ``shards`` the content is the same every epoch: one dataset,
+      ``"pairs"``, read once per epoch, its block order drawn anew at each read
+      (``RandomSeedConfig(reseed_after_execution=True)``). Ray Data's split coordinator and
+      executor start once per run, and one coordinator lives for the run, however many epochs.
+    * Live renders draw new poses and identities every epoch: one lazy dataset per epoch
+      (``epoch_0``, ``epoch_1``, ...), so a resumed run renders exactly the epochs left.
+    """
+    from functools import partial
+
+    from ray.data import RandomSeedConfig
+
+    from clerf_ray.ray_init import quiet_ray_data
+
+    extra = {"augment": {"preset": cfg.augment, "seed": cfg.seed}}
+    if pool is not None or cfg.source == "shards":
+        order = RandomSeedConfig(seed=cfg.seed + 7919, reseed_after_execution=True)
+
+        def pairs():
+            quiet_ray_data()  # built in Ray Train's dataset manager, whose DataContext is its own
+            base = pool if pool is not None else _rendered(cfg, epoch=0)
+            return base.randomize_block_order(seed=order)
+
+        return {"pairs": pairs}, {**extra, "dataset": "pairs"}
+
+    def one_epoch(epoch: int):
+        quiet_ray_data()
+        return _rendered(cfg, epoch)
+
+    return {f"epoch_{e}": partial(one_epoch, e) for e in range(epochs)}, extra
 
 
 def render_pair_dataset(cfg: PairDataConfig):

@@ -38,10 +38,10 @@ def run_recipe(cfg: Config) -> RecipeResult:
     import mlflow
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_pair_dataset, pairs_per_epoch
+    from clerf_ray.data.pairs import pairs_per_epoch, pretrain_inputs
     from clerf_ray.models import create_encoder
     from clerf_ray.train.pretrain import pretrain_loop
-    from clerf_ray.train.runner import epoch_datasets, run_stage
+    from clerf_ray.train.runner import run_stage
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
@@ -63,14 +63,13 @@ def run_recipe(cfg: Config) -> RecipeResult:
             f"pretraining {cfg.model.backbone} for {cfg.pretrain.epochs} epochs of "
             f"{num_pairs} pairs"
         )
+        datasets, reading = pretrain_inputs(pair_cfg, cfg.pretrain.epochs, pool=pool)
         pre = run_stage(
             stage="pretrain",
             loop=pretrain_loop,
-            loop_config={"cfg": cfg_dict, "num_pairs": num_pairs},
+            loop_config={"cfg": cfg_dict, "num_pairs": num_pairs, **reading},
             section=cfg.pretrain,
-            datasets=epoch_datasets(
-                build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg, pool=pool
-            ),
+            datasets=datasets,
             storage_path=cfg.storage_path,
             name=f"{name}-pretrain",
         )

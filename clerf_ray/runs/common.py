@@ -82,6 +82,8 @@ def train_head_stage(cfg: Config, encoder, name: str, pool=None):
     Returns:
         ``(PoseModel, StageResult)``.
     """
+    from ray.data import RandomSeedConfig
+
     from clerf_ray.models import PoseModel, create_head_for, input_stats
     from clerf_ray.train.common import parameter_checksum
     from clerf_ray.train.head import build_head_embeddings, head_loop
@@ -102,7 +104,7 @@ def train_head_stage(cfg: Config, encoder, name: str, pool=None):
     n = embeddings.count()
     log(f"embedded {n} images in {time.monotonic() - t0:.0f}s")
     head = create_head_for(encoder, cfg.model)
-    loop_config = {"cfg": cfg.model_dump(mode="json"), "num_samples": n}
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "num_samples": n, "dataset": "embeddings"}
     loop_config["in_dim"] = head.config.in_dim
     if head.config.standardize:
         mean, std = input_stats(
@@ -118,10 +120,13 @@ def train_head_stage(cfg: Config, encoder, name: str, pool=None):
         loop=head_loop,
         loop_config=loop_config,
         section=cfg.head,
-        # One materialised dataset; each epoch reads its blocks in a new order.
+        # One materialised dataset for the run (one Ray Data split coordinator, however many
+        # epochs); each read of it draws a new block order. In memory (head.in_memory, the
+        # default) the workers read it once and permute the rows at every pass.
         datasets={
-            f"epoch_{e}": embeddings.randomize_block_order(seed=cfg.seed + e)
-            for e in range(cfg.head.epochs)
+            "embeddings": embeddings.randomize_block_order(
+                seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
+            )
         },
         storage_path=cfg.storage_path,
         # Named by the encoder it trains on: a rerun of the same run name resumes an interrupted

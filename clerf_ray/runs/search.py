@@ -190,11 +190,11 @@ def run_trial(config: dict[str, Any], *, meta: dict[str, Any], shared: dict[str,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from clerf_ray import registry
-    from clerf_ray.data.pairs import build_pair_dataset, pairs_per_epoch
+    from clerf_ray.data.pairs import pairs_per_epoch, pretrain_inputs
     from clerf_ray.evaluate import evaluate_model
     from clerf_ray.models import create_encoder
     from clerf_ray.train.pretrain import pretrain_loop
-    from clerf_ray.train.runner import build_trainer, epoch_datasets, fit_stage
+    from clerf_ray.train.runner import build_trainer, fit_stage
 
     trial_id = tune.get_context().get_trial_id()
     name = f"{meta['name']}-{trial_id}"
@@ -217,17 +217,17 @@ def run_trial(config: dict[str, Any], *, meta: dict[str, Any], shared: dict[str,
             shared_pool = shared["pool"] if _render_key(cfg) == meta["render_key"] else None
             pool = shared_pool if shared_pool is not None else pretrain_pool(cfg, pair_cfg)
             num_pairs = pool.count() if pool is not None else pairs_per_epoch(pair_cfg)
+            datasets, reading = pretrain_inputs(pair_cfg, cfg.pretrain.epochs, pool=pool)
             trainer = build_trainer(
                 loop=pretrain_loop,
                 loop_config={
                     "cfg": cfg.model_dump(mode="json"),
                     "num_pairs": num_pairs,
                     "probe": shared["probe"],
+                    **reading,
                 },
                 section=cfg.pretrain,
-                datasets=epoch_datasets(
-                    build_pair_dataset, cfg.pretrain.epochs, cfg=pair_cfg, pool=pool
-                ),
+                datasets=datasets,
                 storage_path=cfg.storage_path,
                 name=f"{name}-pretrain",
                 # The logger first: once Tune has the report, ASHA may end the trial at once.

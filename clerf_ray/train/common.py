@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,8 @@ def fit(
     shuffle_buffer: int | None = None,
     in_memory: bool = False,
     epoch_metrics=None,
+    dataset: str | None = None,
+    transform=None,
 ) -> dict[str, Any]:
     """The epoch loop shared by both stages, inside a Ray Train worker.
 
@@ -153,6 +156,10 @@ def fit(
     permutation of it (for small rows such as cached embeddings; ``shuffle_buffer`` is unused).
     ``epoch_metrics(model) -> dict`` (rank 0 only) adds measures of the model to every epoch's
     report (for example the retrieval probe a search stops trials on).
+    ``dataset`` names one dataset that every epoch reads (a new pass over the same Ray Train
+    shard, so Ray Data starts once per run; with ``in_memory`` it is read once per run) instead
+    of ``{dataset_prefix}{epoch}``. ``transform(numpy_batch, epoch) -> numpy_batch`` (for example
+    the epoch's augmentation) runs on each batch before it becomes tensors.
 
     Returns:
         ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
@@ -190,16 +197,20 @@ def fit(
 
     progress = Progress(stage, section.epochs, steps)
     status, message = "ok", ""
+    held = None  # the in-memory rows of a run-wide ``dataset``, read at the first epoch
     for epoch in range(start_epoch, section.epochs):
         t0 = time.monotonic()
         trainable.train()
-        shard = ray.train.get_dataset_shard(f"{dataset_prefix}{epoch}")
+        shard = ray.train.get_dataset_shard(dataset or f"{dataset_prefix}{epoch}")
         step_losses: list[float] = []
         seen = 0
+        collate = numeric_tensors if transform is None else partial(_transformed, transform, epoch)
         if in_memory:
-            batches = _memory_passes(shard, passes, per_worker)
+            if held is None or dataset is None:
+                held = _read_columns(shard, collate)
+            batches = _memory_passes(held, passes, per_worker)
         else:
-            batches = _passes(shard, passes, per_worker, shuffle_buffer)
+            batches = _passes(shard, passes, per_worker, shuffle_buffer, collate)
         for step, batch in enumerate(batches, start=1):
             with autocast(device, amp):
                 loss, n = loss_step(batch)
@@ -277,28 +288,37 @@ def fit(
     }
 
 
-def _passes(shard, passes: int, per_worker: int, shuffle_buffer: int | None):
+def _transformed(transform, epoch: int, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return numeric_tensors(transform(batch, epoch))
+
+
+def _passes(shard, passes: int, per_worker: int, shuffle_buffer: int | None, collate):
     # Iterating a Ray Train shard again is a new pass over it (the supported multi-epoch
     # pattern); every rank makes the same number of passes, as streaming splits require.
+    # ``collate`` runs in Ray Data's format threads, beside the training step.
     for _ in range(passes):
         yield from shard.iter_torch_batches(
             batch_size=per_worker,
             drop_last=True,
-            collate_fn=numeric_tensors,
+            collate_fn=collate,
             local_shuffle_buffer_size=shuffle_buffer,
         )
 
 
-def _memory_passes(shard, passes: int, per_worker: int):
+def _read_columns(shard, collate) -> dict[str, torch.Tensor]:
+    """A whole shard read into tensors, one per column."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in shard.iter_torch_batches(batch_size=8192, collate_fn=collate):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _memory_passes(columns: dict[str, torch.Tensor], passes: int, per_worker: int):
     # Written here, not with Ray Data's shuffles: for a shard that fits in memory (the head's
     # cached embeddings: rows x a few hundred floats), one read and torch.randperm per pass
     # cost a fraction of re-streaming every pass through a local shuffle buffer, which took
     # longer than the head's own steps. Each rank draws from torch's seeded generator.
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in shard.iter_torch_batches(batch_size=8192, collate_fn=numeric_tensors):
-        for k, v in batch.items():
-            parts.setdefault(k, []).append(v)
-    columns = {k: torch.cat(v) for k, v in parts.items()}
     n = len(next(iter(columns.values()))) if columns else 0
     for _ in range(passes):
         order = torch.randperm(n)

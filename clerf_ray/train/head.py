@@ -128,7 +128,8 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     ``config``: ``{"cfg": Config dict, "num_samples": rows of the embedding dataset,
     "in_dim": width of ``z``, "input_mean"/"input_std": per-dimension statistics of ``z``
-    (with ``model.head_standardize``)}``.
+    (with ``model.head_standardize``), "dataset": the one dataset every epoch reads (absent:
+    ``epoch_0``, ``epoch_1``, ...)}``.
     """
     import ray.train
     import ray.train.torch
@@ -165,4 +166,5 @@ def head_loop(config: dict[str, Any]) -> dict[str, Any]:
         passes=h.passes,
         shuffle_buffer=h.shuffle_buffer,
         in_memory=h.in_memory,
+        dataset=config.get("dataset"),
     )

@@ -1,9 +1,10 @@
 """Stage 1: contrastive pretraining of the encoder with Circle Loss on Ray Train.
 
-The driver builds one lazy pair dataset per epoch (``epoch_0``, ``epoch_1``, ...; each with its
-own draws, so every epoch sees fresh augmentations, and fresh poses and identities unless the
-pairs come from a render pool or shards; a resumed run picks up exactly the epochs it has not
-done). Each worker runs :func:`pretrain_loop`.
+The driver's datasets come from :func:`clerf_ray.data.pairs.pretrain_inputs`: unaugmented pairs,
+one dataset for the run when they come from a render pool or shards (read once per epoch), one
+per epoch for live renders (fresh poses and identities; a resumed run renders exactly the epochs
+it has not done). Each worker runs :func:`pretrain_loop`, which gives every batch its epoch's
+augmentation (:func:`clerf_ray.data.pairs.augment_batch`, drawn per pair: exact on resume).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from clerf_ray.train import common
 def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the contrastive stage. ``config``: ``{"cfg": Config dict, "num_pairs": pairs per epoch}``, and optionally
     ``"probe"``: the retrieval probe's renders (a dict or an ObjectRef to one;
-    :mod:`clerf_ray.train.probe`)."""
+    :mod:`clerf_ray.train.probe`), and what :func:`clerf_ray.data.pairs.pretrain_inputs` adds:
+    ``"augment"`` (preset and seed of the per-epoch augmentation), ``"dataset"`` (the run's one
+    dataset, when there is one)."""
     import ray.train
     import ray.train.torch
 
@@ -62,6 +65,15 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
 
         probe = retrieval_probe(ray.get(probe) if isinstance(probe, ray.ObjectRef) else probe)
 
+    transform = None
+    if config.get("augment") is not None:
+        from clerf_ray.data.pairs import augment_batch
+
+        a = config["augment"]
+
+        def transform(batch, epoch):
+            return augment_batch(batch, a["preset"], a["seed"], epoch)
+
     return common.fit(
         stage="pretrain",
         model=model,
@@ -71,4 +83,6 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
         per_worker=per_worker,
         loss_step=loss_step,
         epoch_metrics=probe,
+        dataset=config.get("dataset"),
+        transform=transform,
     )

@@ -489,7 +489,7 @@ def test_missing_shards_and_labelled_paths_name_the_field(ray_cluster, tmp_path)
 def test_stages_pass_an_empty_batch_through(limited_range_renderer):
     """A batch whose anchors were all skipped for their pose reaches the renderer and the
     augmentation empty: both hand it on with the right shapes instead of failing."""
-    from clerf_ray.data.pairs import _augment_batch
+    from clerf_ray.data.pairs import augment_batch
     from clerf_ray.data.render_stage import RenderPairs
     from clerf_ray.render import renderer_class
 
@@ -503,6 +503,6 @@ def test_stages_pass_an_empty_batch_through(limited_range_renderer):
     actor = RenderPairs(renderer_class(limited_range_renderer), {"image_size": 8})
     rendered = actor(empty)
     assert rendered["positive"].shape == (0, 8, 8, 3) and rendered["identity_a"].shape == (0,)
-    out = _augment_batch(rendered, "fa", seed=0, epoch=0)
+    out = augment_batch(rendered, "fa", seed=0, epoch=0)
     assert out["anchor"].shape == out["positive"].shape == (0, 8, 8, 3)
     assert out["R"].shape == (0, 3, 3) and out["R"].dtype == np.float32

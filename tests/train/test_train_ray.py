@@ -26,7 +26,7 @@ from clerf_ray.config import Config, load_config
 from clerf_ray.train import common
 from clerf_ray.train.head import head_loop
 from clerf_ray.train.pretrain import pretrain_loop
-from clerf_ray.train.runner import epoch_datasets, run_stage
+from clerf_ray.train.runner import run_stage
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:
@@ -102,21 +102,22 @@ def _returned(out_dir: Path, rank: int) -> dict:
     return json.loads((out_dir / f"return-rank{rank}.json").read_text())
 
 
-def _pair_datasets(cfg: Config) -> dict:
-    from clerf_ray.data.pairs import build_pair_dataset
+def _pretrain_inputs(cfg: Config) -> dict:
+    """``loop_config`` and ``datasets`` of a pretraining stage on live renders (one dataset per
+    epoch: ``epoch_0``, ``epoch_1``, ...), as the recipe builds them."""
+    from clerf_ray.data.pairs import pretrain_inputs
 
-    return epoch_datasets(
-        build_pair_dataset, cfg.pretrain.epochs, cfg=cfg.data.pair_config(seed=cfg.seed)
-    )
+    datasets, reading = pretrain_inputs(cfg.data.pair_config(seed=cfg.seed), cfg.pretrain.epochs)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs}
+    return {"loop_config": {**loop_config, **reading}, "datasets": datasets}
 
 
 def _pretrain(cfg: Config, out_dir: Path, name: str):
     return run_stage(
         stage="pretrain",
         loop=_recording(pretrain_loop, str(out_dir)),
-        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+        **_pretrain_inputs(cfg),
         section=cfg.pretrain,
-        datasets=_pair_datasets(cfg),
         storage_path=cfg.storage_path,
         name=name,
     )
@@ -245,9 +246,8 @@ def test_resume_after_worker_process_killed(ray_cluster, tmp_path):
     result = run_stage(
         stage="pretrain",
         loop=_recording(killing, str(out)),
-        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+        **_pretrain_inputs(cfg),
         section=cfg.pretrain,
-        datasets=_pair_datasets(cfg),
         storage_path=cfg.storage_path,
         name="killed",
     )
@@ -292,9 +292,8 @@ def test_resume_after_worker_process_killed(ray_cluster, tmp_path):
     rerun = run_stage(
         stage="pretrain",
         loop=_recording(_asking(pretrain_loop, str(out3)), str(out3)),
-        loop_config={"cfg": more.model_dump(mode="json"), "num_pairs": more.data.num_pairs},
+        **_pretrain_inputs(more),
         section=more.pretrain,
-        datasets=_pair_datasets(more),
         storage_path=more.storage_path,
         name="killed",
     )
@@ -413,7 +412,8 @@ def test_in_memory_passes_are_permutations_that_keep_rows_together(ray_cluster):
         lambda b: {"z": b["data"], "R": b["data"][:, 0] * 2}, batch_format="numpy", num_cpus=0.1
     )
     torch.manual_seed(0)
-    batches = list(common._memory_passes(ds, passes, batch))
+    columns = common._read_columns(ds, common.numeric_tensors)
+    batches = list(common._memory_passes(columns, passes, batch))
     assert len(batches) == passes * (n // batch)
     per_pass = [torch.cat([b["R"] for b in batches[i : i + 2]]) for i in range(0, len(batches), 2)]
     for b in batches:
@@ -423,6 +423,120 @@ def test_in_memory_passes_are_permutations_that_keep_rows_together(ray_cluster):
         assert len(set(drawn.tolist())) == 2 * batch  # no row twice within a pass
         assert set(drawn.tolist()) <= set((rows * 2).tolist())
     assert len({tuple(d.tolist()) for d in per_pass}) == passes  # a new order every pass
+
+
+def _augment_recorder(loop, out_dir: str):
+    """``loop`` wrapped so that, in the worker, every call of
+    ``clerf_ray.data.pairs.augment_batch`` (which ``pretrain_loop`` looks up when it starts)
+    appends its epoch, pair ids and incoming labels to ``augment-rank{r}.jsonl``."""
+
+    def recorded(config):
+        import ray.train
+
+        from clerf_ray.data import pairs
+
+        rank = ray.train.get_context().get_world_rank()
+        real = pairs.augment_batch
+
+        def logged(batch, preset, seed, epoch):
+            with open(os.path.join(out_dir, f"augment-rank{rank}.jsonl"), "a") as f:
+                row = {
+                    "epoch": epoch,
+                    "pair_id": np.asarray(batch["pair_id"]).tolist(),
+                    "R": np.asarray(batch["R"], dtype=np.float64).reshape(-1, 9).tolist(),
+                }
+                f.write(json.dumps(row) + "\n")
+            return real(batch, preset, seed, epoch)
+
+        pairs.augment_batch = logged
+        try:
+            return loop(config)
+        finally:
+            pairs.augment_batch = real
+
+    return recorded
+
+
+def _coordinator_counter(path: str):
+    """A Ray Train callback (it runs in the controller) that writes, at every report, the epoch
+    and the number of live Ray Data split coordinator processes on this machine (Ray titles an
+    actor's process ``ray::<class>``; the session's Ray runs without the dashboard that the state
+    API needs) and their summed resident memory."""
+    from ray.train import UserCallback
+
+    class Count(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            alive, rss = 0, 0
+            for d in Path("/proc").iterdir():
+                try:
+                    title = (d / "cmdline").read_bytes().split(b"\0")[0]
+                    if d.name.isdigit() and title.startswith(b"ray::SplitCoordinator"):
+                        status = (d / "status").read_text().splitlines()
+                        alive += 1
+                        rss += int(next(x for x in status if x.startswith("VmRSS")).split()[1])
+                except (OSError, StopIteration):  # gone meanwhile, or not a process
+                    pass
+            row = {"epoch": metrics[0]["epoch"], "alive": alive, "rss_kb": rss}
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return Count()
+
+
+def test_pooled_pretraining_reads_one_dataset_and_augments_each_epoch_on_the_workers(
+    ray_cluster, tmp_path
+):
+    """Issue 12: a pooled run of many short epochs starts Ray Data once. One split coordinator
+    is alive at every report, however many epochs have gone by (one per epoch, kept to the end
+    of the run, used to add up to 0.7 GB each), and every epoch gives each pooled pair once,
+    unaugmented, to the workers, which draw epoch ``e``'s augmentation for it."""
+    from clerf_ray.data.pairs import pretrain_inputs, render_pool
+    from clerf_ray.train.runner import build_trainer, fit_stage
+
+    epochs = 8
+    cfg = tiny_config(
+        tmp_path, "data.num_pairs=16", "data.render_batch_size=4", f"pretrain.epochs={epochs}"
+    )
+    pair_cfg = cfg.data.pair_config(seed=cfg.seed)
+    pool = render_pool(pair_cfg)
+    pooled = pool.take_all()
+    R_of = {int(r["pair_id"]): np.asarray(r["R"], dtype=np.float64).reshape(9) for r in pooled}
+    datasets, reading = pretrain_inputs(pair_cfg, epochs, pool=pool)
+    assert list(datasets) == ["pairs"]
+    out = tmp_path / "record"
+    out.mkdir()
+    counts = tmp_path / "coordinators.jsonl"
+    trainer = build_trainer(
+        loop=_augment_recorder(pretrain_loop, str(out)),
+        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": len(pooled), **reading},
+        section=cfg.pretrain,
+        datasets=datasets,
+        storage_path=cfg.storage_path,
+        name="pooled",
+        callbacks=[_coordinator_counter(str(counts))],
+    )
+    result = fit_stage(trainer, stage="pretrain", name="pooled")
+    assert result.status == "ok" and len(result.history) == epochs
+
+    seen = [json.loads(x) for x in counts.read_text().splitlines()]
+    assert [c["epoch"] for c in seen] == list(range(1, epochs + 1))
+    assert all(c["alive"] == 1 for c in seen), seen
+    # The coordinator's memory does not grow with the epochs either (generous: 64 MB).
+    assert seen[-1]["rss_kb"] <= seen[1]["rss_kb"] + 64 * 1024, seen
+
+    by_epoch: dict[int, list[int]] = {}
+    for r in (0, 1):
+        for line in (out / f"augment-rank{r}.jsonl").read_text().splitlines():
+            call = json.loads(line)
+            by_epoch.setdefault(call["epoch"], []).extend(call["pair_id"])
+            for pid, R in zip(call["pair_id"], call["R"], strict=True):
+                # What reaches the workers is the pool's pair before augmentation.
+                np.testing.assert_allclose(R, R_of[pid], atol=1e-6)
+    assert sorted(by_epoch) == list(range(epochs))
+    for e, ids in by_epoch.items():
+        assert sorted(ids) == sorted(R_of), e  # every pooled pair once per epoch
+    # Ray Data's block order is drawn anew at each read of the one dataset.
+    assert len({tuple(by_epoch[e]) for e in range(epochs)}) > 1
 
 
 def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
@@ -539,9 +653,8 @@ def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(ray_cl
                 _dies_at(pretrain_loop, "epoch_1", str(Path(cfg.storage_path) / "doomed")),
                 str(out),
             ),
-            loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+            **_pretrain_inputs(cfg),
             section=cfg.pretrain,
-            datasets=_pair_datasets(cfg),
             storage_path=cfg.storage_path,
             name="doomed",
         )
@@ -587,9 +700,8 @@ def test_time_limit_crossed_on_one_rank_stops_both_after_the_same_epoch(ray_clus
     result = run_stage(
         stage="pretrain",
         loop=_recording(_fast_clock_on(pretrain_loop, rank=1, factor=1e5), str(out)),
-        loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+        **_pretrain_inputs(cfg),
         section=cfg.pretrain,
-        datasets=_pair_datasets(cfg),
         storage_path=cfg.storage_path,
         name="clock",
     )
@@ -640,9 +752,8 @@ def test_nonfinite_loss_on_one_rank_of_two_stops_both(ray_cluster, tmp_path):
         run_stage(
             stage="pretrain",
             loop=_recording(_nan_loss_on(pretrain_loop, rank=1, at_step=6), str(out)),
-            loop_config={"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs},
+            **_pretrain_inputs(cfg),
             section=cfg.pretrain,
-            datasets=_pair_datasets(cfg),
             storage_path=cfg.storage_path,
             name="nan-rank1",
         )
