@@ -11,6 +11,11 @@ from hypothesis import settings
 # Keep test runs off the network and quiet.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# Ray Train's preemption watcher (an actor per run that watches cloud nodes for preemption
+# notices) has nothing to watch on this one-machine cluster, and costs a process (3-4 s of CPU on
+# 2 cores) per Train run. The local Ray these tests start, and the subprocesses they run, inherit
+# the setting.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # Tests never talk to the user's MLflow server, and start with no tracking or registry URI set.
 for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
     os.environ.pop(_name, None)

@@ -4,7 +4,9 @@ filtered by the renderer's pose range before their positives are rendered."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,34 @@ from clerf_ray.data.sampling import IDENTITY, rngs
 from clerf_ray.images import decode_images, resize_all
 
 log = logging.getLogger(__name__)
+
+
+class RendererFactory:
+    """A renderer class as the render actors receive it: by name when it can be imported by name
+    (the built-in backends, a plugin's module), by value otherwise (a class defined in a function,
+    which cloudpickle sends whole). By name, the processes that only plan or route the stream
+    (Ray Data's split coordinator, Ray Train's dataset manager) unpickle it without importing the
+    backend and torch with it (2-4 s of CPU each); the actor imports it when it builds one.
+    (cloudpickle sends an importable class by reference, but resolves the reference on unpickling.)
+    """
+
+    def __init__(self, cls):
+        module, name = cls.__module__, cls.__qualname__
+        named = "<locals>" not in name and getattr(sys.modules.get(module), name, None) is cls
+        self.ref = (module, name) if named else None
+        self.cls = None if named else cls
+
+    def resolve(self):
+        if self.cls is None:
+            module, name = self.ref
+            self.cls = getattr(importlib.import_module(module), name)
+        return self.cls
+
+    def __call__(self, **options):
+        return self.resolve()(**options)
+
+    def __getstate__(self):
+        return {"ref": self.ref, "cls": None if self.ref else self.cls}
 
 
 class RenderPairs:
@@ -63,7 +93,7 @@ def render_stage_options(cfg: PairDataConfig) -> dict[str, Any]:
     return dict(
         compute=ray.data.ActorPoolStrategy(size=cfg.num_render_actors),
         fn_constructor_kwargs={
-            "factory": renderer_class(cfg.renderer),
+            "factory": RendererFactory(renderer_class(cfg.renderer)),
             "renderer_options": dict(cfg.renderer_options),
         },
         batch_size=cfg.render_batch_size,

@@ -1,8 +1,8 @@
 """Renderers: ``make_renderer(name, **options).render(identities, R) -> images``."""
 
-# Backends register themselves on import.
-import clerf_ray.render.procedural  # noqa: F401  (CPU default)
-from clerf_ray.render import eg3d, panohead  # noqa: F401  (GAN backends)
+# The backends (procedural, the CPU default; eg3d and panohead, the GANs) register themselves when
+# imported, which the registry does on the first lookup (``base._load_builtins``): importing this
+# package does not import torch.
 from clerf_ray.render.base import (
     PoseRange,
     Renderer,

@@ -97,6 +97,26 @@ class Renderer(abc.ABC):
 
 _RENDERERS: dict[str, Callable[..., Renderer]] = {}
 
+# The backends that ship with the package, imported on first lookup rather than with the package:
+# they import torch (2-4 s of CPU here), and every Ray process that unpickles a ``PoseRange`` or a
+# data function (split coordinators, Ray Data tasks) imports this package without rendering.
+_BUILTIN_MODULES = (
+    "clerf_ray.render.procedural",
+    "clerf_ray.render.eg3d",
+    "clerf_ray.render.panohead",
+)
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        import importlib
+
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)  # registers itself
+        _builtins_loaded = True
+
 
 def register_renderer(name: str):
     """Class decorator adding a renderer factory to the registry under ``name``."""
@@ -111,12 +131,15 @@ def register_renderer(name: str):
 
 
 def list_renderers() -> list[str]:
+    _load_builtins()
     return sorted(_RENDERERS)
 
 
 def renderer_class(name: str) -> type[Renderer]:
     """The class (factory) registered as ``name``, e.g. to read its ``pose_range`` without
     building it (a GAN backend loads weights when built)."""
+    if name not in _RENDERERS:
+        _load_builtins()
     if name not in _RENDERERS:
         raise ValueError(f"unknown renderer {name!r}; available: {', '.join(list_renderers())}")
     return _RENDERERS[name]

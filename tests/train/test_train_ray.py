@@ -1,4 +1,5 @@
-"""Ray Train stages on the CPU: 2-worker DDP, resume after a real worker kill, non-finite losses.
+"""Ray Train stages on the CPU: 2-worker DDP, resume after a real worker kill, non-finite losses,
+time limits and failures that run out.
 
 Every run is tiny (32 px procedural renders, a few dozen pairs, batch 8, resnet10t with a small
 projection) and uses the session's local Ray (``ray_cluster``, 2 logical CPUs) with fractional
@@ -102,59 +103,28 @@ def _returned(out_dir: Path, rank: int) -> dict:
     return json.loads((out_dir / f"return-rank{rank}.json").read_text())
 
 
-def _pretrain_inputs(cfg: Config) -> dict:
-    """``loop_config`` and ``datasets`` of a pretraining stage on live renders (one dataset per
-    epoch: ``epoch_0``, ``epoch_1``, ...), as the recipe builds them."""
+def _pretrain_inputs(cfg: Config, pool=None) -> dict:
+    """``loop_config`` and ``datasets`` of a pretraining stage as the recipe builds them: on live
+    renders (one dataset per epoch: ``epoch_0``, ``epoch_1``, ...), or with ``pool`` one dataset
+    (``pairs``) that every epoch reads."""
     from clerf_ray.data.pairs import pretrain_inputs
 
-    datasets, reading = pretrain_inputs(cfg.data.pair_config(seed=cfg.seed), cfg.pretrain.epochs)
+    datasets, reading = pretrain_inputs(
+        cfg.data.pair_config(seed=cfg.seed), cfg.pretrain.epochs, pool=pool
+    )
     loop_config = {"cfg": cfg.model_dump(mode="json"), "num_pairs": cfg.data.num_pairs}
     return {"loop_config": {**loop_config, **reading}, "datasets": datasets}
 
 
-def _pretrain(cfg: Config, out_dir: Path, name: str):
-    return run_stage(
-        stage="pretrain",
-        loop=_recording(pretrain_loop, str(out_dir)),
-        **_pretrain_inputs(cfg),
-        section=cfg.pretrain,
-        storage_path=cfg.storage_path,
-        name=name,
-    )
+@pytest.fixture(scope="module")
+def pool(ray_cluster, tmp_path_factory):
+    """The tiny setting's 32 pairs rendered once, for the failure tests below: what they check
+    does not depend on where the pairs come from, and a pool spares each run the render actors
+    and a split coordinator per epoch (the live-render path is run by the other tests here)."""
+    from clerf_ray.data.pairs import render_pool
 
-
-def test_two_worker_ddp_pretraining_uses_global_batch_and_keeps_replicas_equal(
-    ray_cluster, tmp_path
-):
-    cfg = tiny_config(tmp_path)
-    out = tmp_path / "record"
-    out.mkdir()
-    result = _pretrain(cfg, out, "ddp")
-
-    assert result.status == "ok"
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    ranks = [_returned(out, r) for r in (0, 1)]
-    assert [len(_starts(out, r)) for r in (0, 1)] == [1, 1]
-    # 32 pairs, global batch 8 over 2 ranks: 4 per rank, 4 steps per epoch.
-    for r in ranks:
-        assert [len(h["step_losses"]) for h in r["history"]] == [4, 4]
-    # The Circle Loss of the global batch is the same number on both ranks; a rank-local loss
-    # would see different pairs on each rank and differ.
-    for h0, h1 in zip(ranks[0]["history"], ranks[1]["history"], strict=True):
-        np.testing.assert_allclose(h0["step_losses"], h1["step_losses"], rtol=1e-5)
-        assert all(math.isfinite(x) and x > 0 for x in h0["step_losses"])
-    # DDP: same weights on both ranks at the end (ranks are seeded differently, so without the
-    # initial broadcast and gradient averaging they would differ).
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
-
-    # The checkpoint holds the weights rank 0 ended with.
-    from clerf_ray.models import create_encoder
-
-    enc = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
-    enc.load_state_dict(result.state["model"])
-    assert common.parameter_checksum(enc) == ranks[0]["param_checksum"]
-    assert result.state["epoch"] == 1
-    assert Path(result.checkpoint_path).is_dir()
+    cfg = tiny_config(tmp_path_factory.mktemp("pool"))
+    return render_pool(cfg.data.pair_config(seed=cfg.seed))
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -613,18 +583,26 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cl
 
 
 def _on_shard_request(loop, hook):
-    """``loop`` wrapped so that ``hook(rank, name)`` runs in the worker each time the loop asks
-    for the dataset shard ``name`` (``common.fit`` looks ``get_dataset_shard`` up every epoch).
-    ``hook`` must be a nested function, so that cloudpickle sends it by value."""
+    """``loop`` wrapped so that ``hook(rank, name, epoch)`` runs in the worker each time the loop
+    asks for the dataset shard ``name`` (``common.fit`` looks ``get_dataset_shard`` up every
+    epoch); ``epoch`` (from 0) is the epoch the request is for: the one after the checkpoint's
+    the start was handed (0 without one), plus the requests this start has made before (a pooled
+    run asks for the same name every epoch). ``hook`` must be a nested function, so that
+    cloudpickle sends it by value."""
 
     def hooked(config):
         import ray.train
 
+        from clerf_ray.train import common as worker_common
+
         me = ray.train.get_context().get_world_rank()
         get_dataset_shard = ray.train.get_dataset_shard
+        ckpt = ray.train.get_checkpoint()
+        made = [0 if ckpt is None else int(worker_common.load_state(ckpt)["epoch"]) + 1]
 
         def asked(name):
-            hook(me, name)
+            hook(me, name, made[0])
+            made[0] += 1
             return get_dataset_shard(name)
 
         ray.train.get_dataset_shard = asked
@@ -640,27 +618,27 @@ def _asking(loop, out_dir: str):
     """``loop`` wrapped so that each rank logs the datasets it asks for (``shards-rank{r}.txt``,
     as :func:`_killed_once` does, without the kill)."""
 
-    def log(me, name):
+    def log(me, name, epoch):
         with open(os.path.join(out_dir, f"shards-rank{me}.txt"), "a") as f:
             f.write(f"{os.getpid()} {name}\n")
 
     return _on_shard_request(loop, log)
 
 
-def _dies_at(loop, shard: str, run_dir: str):
-    """``loop`` wrapped so that its worker SIGKILLs itself whenever it asks for ``shard``, on
-    every start, once the checkpoint before is registered."""
+def _dies_at(loop, epoch: int, run_dir: str):
+    """``loop`` wrapped so that its worker SIGKILLs itself whenever it asks for epoch ``epoch``'s
+    data (from 0), on every start, once the checkpoint before is registered."""
     wait_for_registered = _registration_waiter()
 
-    def die(me, name):
-        if name == shard:
+    def die(me, name, asked_for):
+        if asked_for == epoch:
             wait_for_registered(run_dir)
             os.kill(os.getpid(), signal.SIGKILL)
 
     return _on_shard_request(loop, die)
 
 
-def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(ray_cluster, tmp_path):
+def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(pool, tmp_path):
     """The worker dies as it starts epoch 2, on every start. With ``max_failures=1`` Ray Train
     restarts it once from epoch 1's checkpoint, then gives up: the error names the stage, the
     run, the number of failures and the checkpoint a rerun resumes from."""
@@ -675,10 +653,10 @@ def test_max_failures_running_out_names_the_stage_and_the_kept_checkpoint(ray_cl
         run_stage(
             stage="pretrain",
             loop=_recording(
-                _dies_at(pretrain_loop, "epoch_1", str(Path(cfg.storage_path) / "doomed")),
+                _dies_at(pretrain_loop, 1, str(Path(cfg.storage_path) / "doomed")),
                 str(out),
             ),
-            **_pretrain_inputs(cfg),
+            **_pretrain_inputs(cfg, pool),
             section=cfg.pretrain,
             storage_path=cfg.storage_path,
             name="doomed",
@@ -715,10 +693,14 @@ def _fast_clock_on(loop, rank: int, factor: float):
     return timed
 
 
-def test_time_limit_crossed_on_one_rank_stops_both_after_the_same_epoch(ray_cluster, tmp_path):
-    """Rank 1's clock runs 10^5 times fast, so only rank 1 sees epoch 1 take longer than the
-    1000 s limit (rank 0's epoch takes seconds). Both ranks stop after epoch 1 of 3 with the
-    time-limit status; neither waits for the other in a collective."""
+def test_two_worker_ddp_on_live_renders_and_a_time_limit_crossed_on_one_rank_stops_both(
+    ray_cluster, tmp_path
+):
+    """Two-worker DDP pretraining on live renders, whose rank 1's clock runs 10^5 times fast, so
+    only rank 1 sees epoch 1 take longer than the 1000 s limit (rank 0's epoch takes seconds).
+    Both ranks stop after epoch 1 of 3 with the time-limit status; neither waits for the other in
+    a collective. Epoch 1 used the global batch and kept the replicas equal. (One run for both
+    checks: every Ray Train run costs 15-20 s of process start-up here.)"""
     cfg = tiny_config(tmp_path, "pretrain.epochs=3", "pretrain.time_limit_s=1000")
     out = tmp_path / "record"
     out.mkdir()
@@ -736,6 +718,25 @@ def test_time_limit_crossed_on_one_rank_stops_both_after_the_same_epoch(ray_clus
     assert ranks[0]["history"][0]["elapsed_s"] < 1000 < ranks[1]["history"][0]["elapsed_s"]
     assert result.status == "time_limit" and "after epoch 1" in result.message
     assert result.state["epoch"] == 0
+
+    # DDP. One start per rank; 32 pairs, global batch 8 over 2 ranks: 4 per rank, 4 steps.
+    assert [len(_starts(out, r)) for r in (0, 1)] == [1, 1]
+    assert [len(r["history"][0]["step_losses"]) for r in ranks] == [4, 4]
+    # The Circle Loss of the global batch is the same number on both ranks; a rank-local loss
+    # would see different pairs on each rank and differ.
+    losses = [r["history"][0]["step_losses"] for r in ranks]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert all(math.isfinite(x) and x > 0 for x in losses[0])
+    # Same weights on both ranks at the end (ranks are seeded differently, so without the
+    # initial broadcast and gradient averaging they would differ).
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    # The checkpoint holds the weights rank 0 ended with.
+    from clerf_ray.models import create_encoder
+
+    enc = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
+    enc.load_state_dict(result.state["model"])
+    assert common.parameter_checksum(enc) == ranks[0]["param_checksum"]
+    assert Path(result.checkpoint_path).is_dir()
 
 
 def _nan_loss_on(loop, rank: int, at_step: int):
@@ -766,7 +767,7 @@ def _nan_loss_on(loop, rank: int, at_step: int):
     return poisoned
 
 
-def test_nonfinite_loss_on_one_rank_of_two_stops_both(ray_cluster, tmp_path):
+def test_nonfinite_loss_on_one_rank_of_two_stops_both(pool, tmp_path):
     """Rank 1's loss is NaN at its 6th step (epoch 2 step 2; 4 steps per epoch), rank 0's is
     finite throughout. Both ranks stop at that step, neither retries (``max_failures=2``), and
     the error keeps epoch 1's checkpoint."""
@@ -777,7 +778,7 @@ def test_nonfinite_loss_on_one_rank_of_two_stops_both(ray_cluster, tmp_path):
         run_stage(
             stage="pretrain",
             loop=_recording(_nan_loss_on(pretrain_loop, rank=1, at_step=6), str(out)),
-            **_pretrain_inputs(cfg),
+            **_pretrain_inputs(cfg, pool),
             section=cfg.pretrain,
             storage_path=cfg.storage_path,
             name="nan-rank1",
