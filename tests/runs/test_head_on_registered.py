@@ -105,18 +105,15 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
         )
         assert float(mv.tags["geodesic_median"]) == pytest.approx(median, abs=0.006)
 
-        # The same run name on another encoder (as after more pretraining): a new head run is
-        # trained for it, not the first head resumed (that one fits the first encoder only).
-        enc2 = _register_random_encoder(seed=1, version="2")
-        assert job.main(["--encoder", "clerf-encoder/2", *overrides]) == 0
-        capsys.readouterr()
-        mv2 = registry.model_version("clerf-head@candidate")
-        assert str(mv2.version) == "2" and mv2.tags["encoder_version"] == "2"
+        # The head's Ray Train run is named by the encoder it fits (its parameter checksum,
+        # computed here from the registered encoder): the same run name on another encoder (as
+        # after more pretraining) trains a new head instead of resuming this one, fitted to the
+        # first encoder's features (a second job would show it at the cost of a whole run; that
+        # a same-name rerun resumes is tested in tests/train/test_train_ray.py).
         runs = sorted(d.name for d in (tmp_path / "runs").iterdir() if d.name.startswith("headjob"))
-        assert len(runs) == 2 and all(r.startswith("headjob-head-") for r in runs), runs
-        second = registry.load_registered("clerf-head@candidate")
-        assert common.parameter_checksum(second.encoder) == common.parameter_checksum(enc2)
-        assert common.parameter_checksum(second.head) != common.parameter_checksum(model.head)
+        assert runs == [f"headjob-head-{common.parameter_checksum(enc)[:12]}"], runs
+        other = _register_random_encoder(seed=1, version="2")
+        assert common.parameter_checksum(other)[:12] != common.parameter_checksum(enc)[:12]
     finally:
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])
