@@ -76,9 +76,54 @@ def _restore_mlflow_per_module():
     _set_mlflow_state(state)
 
 
+S3_BUCKET = "clerf-session"
+
+# What the session's S3 server replaces: any AWS setup of the machine stays out of the tests.
+_AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray instance shared by every test that asks for it."""
+def s3(tmp_path_factory):
+    """A real S3 API server (moto's server mode) on loopback with the bucket ``S3_BUCKET``,
+    exported through the standard AWS variables for the whole session, and before the session's
+    Ray starts (``ray_cluster`` asks for it): Ray's workers then reach it as a deployment's reach
+    S3, through the environment Ray runs in. Yields ``{"bucket", "endpoint", "env"}``; the
+    variables are restored at the end. (Modules that need a server of their own start one and
+    pass its variables to their Ray tasks.)"""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    nowhere = str(tmp_path_factory.mktemp("aws") / "none")
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_CONFIG_FILE": nowhere,
+        "AWS_SHARED_CREDENTIALS_FILE": nowhere,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for k in _AWS_UNSET:
+            mp.delenv(k, raising=False)
+        boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+        yield {"bucket": S3_BUCKET, "endpoint": env["AWS_ENDPOINT_URL"], "env": env}
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3):
+    """A local Ray instance shared by every test that asks for it (started with the session's
+    S3 variables in its environment: ``s3``)."""
     import ray
 
     if not ray.is_initialized():

@@ -8,6 +8,7 @@ make here, so pose recovery itself is not tested; see the agreement test)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +183,31 @@ def test_directory_goes_through_ray_data(ray_cluster, store, renders, tmp_path, 
     assert [r["file"].rsplit("/", 1)[-1] for r in recs] == ["face0.png", "face1.png", "face2.png"]
     np.testing.assert_allclose(
         np.asarray([r["R"] for r in recs]), _direct(model, images[:3]), atol=1e-5
+    )
+
+
+def test_s3_prefix_goes_through_ray_data(ray_cluster, s3, store, renders, capsys):
+    """``clerf predict s3://bucket/prefix/``: the files are listed and read from the session's
+    loopback S3 server by Ray Data's workers (through the AWS variables Ray runs with); a file
+    that is not an image is reported and the others predicted."""
+    import boto3
+
+    uri, model = store
+    _, files, images, _ = renders
+    client = boto3.client("s3")
+    for f in files[3:]:
+        client.upload_file(f, s3["bucket"], f"predict/faces/{Path(f).name}")
+    client.put_object(Bucket=s3["bucket"], Key="predict/faces/notes.txt", Body=b"not an image")
+    prefix = f"s3://{s3['bucket']}/predict/faces/"
+    rc = main(["predict", prefix, "--model", REF, "--tracking-uri", uri, "--num-cpus", "0.25"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "notes.txt" in cap.err
+    recs = _lines(cap.out)
+    names = [r["file"].rsplit("/", 1)[-1] for r in recs]
+    assert names == ["face3.png", "face4.png", "face5.png"]
+    assert all(r["file"].startswith(f"{s3['bucket']}/predict/faces/") for r in recs), recs
+    np.testing.assert_allclose(
+        np.asarray([r["R"] for r in recs]), _direct(model, images[3:]), atol=1e-5
     )
 
 

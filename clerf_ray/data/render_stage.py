@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 class RendererFactory:
     """A renderer class as the render actors receive it: by name when it can be imported by name
-    (the built-in backends, a plugin's module), by value otherwise (a class defined in a function,
-    which cloudpickle sends whole). By name, the processes that only plan or route the stream
+    (the built-in backends, a plugin's module), by value otherwise (a class defined in a function
+    or in a script's ``__main__``, which cloudpickle sends whole). By name, the processes that only plan or route the stream
     (Ray Data's split coordinator, Ray Train's dataset manager) unpickle it without importing the
     backend and torch with it (2-4 s of CPU each); the actor imports it when it builds one.
     (cloudpickle sends an importable class by reference, but resolves the reference on unpickling.)
@@ -29,7 +29,12 @@ class RendererFactory:
 
     def __init__(self, cls):
         module, name = cls.__module__, cls.__qualname__
-        named = "<locals>" not in name and getattr(sys.modules.get(module), name, None) is cls
+        # A script's own classes live in its __main__, which is another module in the actors.
+        named = (
+            module != "__main__"
+            and "<locals>" not in name
+            and getattr(sys.modules.get(module), name, None) is cls
+        )
         self.ref = (module, name) if named else None
         self.cls = None if named else cls
 

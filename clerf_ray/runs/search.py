@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clerf_ray.config import Config, apply_overrides
 from clerf_ray.data.shard_files import resolve
 from clerf_ray.ray_init import init_ray
@@ -440,17 +442,21 @@ def _shared_renders(cfg: Config, base: Config) -> dict[str, Any]:
 
     t = cfg.tune
     data = base.data.model_copy(update={"source": "synthetic"})
-    probe_cfg = data.pair_config(seed=base.seed + 3, identities=t.val_identities, augment="fa")
-    images, R = heldout_renders(probe_cfg, t.probe_queries + t.probe_references)
-    q = t.probe_queries
+    held_cfg = data.pair_config(seed=base.seed + 3, identities=t.val_identities, augment="fa")
+    q, r = t.probe_queries, t.probe_references
+    # One render pass for the probe and the validation set (each pass starts its own render
+    # actors): the renders come back in a fixed order (sorted by label), so a seeded permutation
+    # splits them into probe queries, probe references and validation renders at random.
+    images, R = heldout_renders(held_cfg, q + r + t.val_samples)
+    order = np.random.default_rng(base.seed + 4).permutation(len(R))
+    images, R = images[order], R[order]
     probe = {
         "query_images": images[:q],
         "query_R": R[:q],
-        "ref_images": images[q:],
-        "ref_R": R[q:],
+        "ref_images": images[q : q + r],
+        "ref_R": R[q : q + r],
     }
-    val_cfg = data.pair_config(seed=base.seed + 4, identities=t.val_identities, augment="fa")
-    val = heldout_renders(val_cfg, t.val_samples)
+    val = images[q + r :], R[q + r :]
     pool = pretrain_pool(base, base.data.pair_config(seed=base.seed))
     return {"probe": ray.put(probe), "val": ray.put(val), "pool": pool}
 

@@ -30,6 +30,13 @@ class WorkersFailedError(RuntimeError):
     it) and the workers' error; the Ray Train error is chained as ``__cause__``."""
 
 
+def checkpoint_uri(checkpoint) -> str:
+    """Where a ``ray.train.Checkpoint`` lies, as a user would write it: a local path, or the URI
+    of its filesystem (``s3://bucket/...``; Ray keeps the path without its scheme)."""
+    scheme = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
+
+
 def _last_checkpoint(run_path: str) -> str | None:
     """The latest checkpoint Ray Train registered for the run at ``run_path`` (None: none)."""
     import ray.train
@@ -38,7 +45,7 @@ def _last_checkpoint(run_path: str) -> str | None:
         result = ray.train.Result.from_path(run_path)
     except (RuntimeError, OSError, ValueError):  # no run there, or no snapshot yet
         return None
-    return result.checkpoint.path if result.checkpoint is not None else None
+    return checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
 
 
 def epoch_datasets(
@@ -125,7 +132,7 @@ def fit_stage(trainer, *, stage: str, name: str) -> StageResult:
     out = result.return_value
     if not out:
         raise RuntimeError(f"{stage}: the run {name!r} returned no outcome from its workers")
-    kept = result.checkpoint.path if result.checkpoint is not None else None
+    kept = checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
     if out.get("status") == "nonfinite":
         raise common.NonFiniteLossError(f"{out['message']} Last good checkpoint: {kept or 'none'}")
     if result.checkpoint is None:

@@ -29,7 +29,7 @@ def _fresh_python(code: str) -> str:
     return out.stdout
 
 
-def test_unpickling_a_live_render_stream_does_not_import_torch(tmp_path):
+def test_unpickling_a_live_render_stream_does_not_import_torch(ray_cluster, tmp_path):
     from clerf_ray.data.pairs import pretrain_inputs
 
     cfg = load_config(None, ["data.image_size=32", "data.num_pairs=16"])
@@ -95,3 +95,28 @@ def test_renderer_factory_carries_a_class_defined_in_a_function_by_value():
     built = copy(image_size=16)
     assert type(built).__name__ == "Small" and isinstance(built, ProceduralRenderer)
     assert built.image_size == 16
+
+
+def test_renderer_factory_carries_a_scripts_own_class_by_value(tmp_path):
+    """A class defined in a script (its ``__main__``) is importable by name there but not in the
+    actors, whose ``__main__`` is Ray's worker: it goes by value."""
+    out = _fresh_python(
+        """
+        import pickle
+
+        import cloudpickle
+
+        from clerf_ray.data.render_stage import RendererFactory
+        from clerf_ray.render.procedural import ProceduralRenderer
+
+        class Scripted(ProceduralRenderer):
+            pass
+
+        f = RendererFactory(Scripted)
+        print(f.ref, f.cls is Scripted)
+        blob = cloudpickle.dumps(f)
+        del Scripted  # gone from this __main__, as it is from an actor's
+        print(type(pickle.loads(blob)(image_size=8)).__name__)
+        """
+    )
+    assert out.split() == ["None", "True", "Scripted"]

@@ -30,6 +30,12 @@ SCRIPT = textwrap.dedent(
     log_dir = sys.argv[1]
     loopback = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **loopback})
+    # Shut the cluster down however the script ends: a cluster left behind stays recorded as
+    # this machine's current one (/tmp/ray/ray_current_cluster), and a later ray.init() with no
+    # address would wait on its dead GCS.
+    import atexit
+
+    atexit.register(cluster.shutdown)
     node = cluster.add_node(num_cpus=1, resources={"renderer": 1}, **loopback)
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -70,7 +76,6 @@ SCRIPT = textwrap.dedent(
          "nodes": nodes}
     ))
     ray.shutdown()
-    cluster.shutdown()
     """
 )
 

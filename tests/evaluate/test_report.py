@@ -1,6 +1,7 @@
 """The whole report on a labelled Parquet set with a real sqlite MLflow store, its plots and errors, render settings read back from a training run, and `clerf evaluate` end to end."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,54 @@ def test_report_on_a_parquet_set_with_protocol_table_and_mlflow(store, labelled_
     assert run.data.tags["model_version"] == "1"
     assert run.data.metrics["standard/geodesic_mean"] == pytest.approx(row["geodesic_mean"])
     assert "fa/mae_mean" in run.data.metrics
+
+
+def test_cli_evaluate_reads_a_labelled_set_from_s3(s3, store, labelled_set, tmp_path, capsys):
+    """``clerf evaluate --data s3://...``: the set's shards, uploaded to the session's loopback S3
+    server, are read through the AWS variables; the errors are the model's on the stored images,
+    computed here."""
+    import boto3
+    import torch
+
+    from clerf_ray.cli import main
+
+    uri, model = store
+    path, images, R = labelled_set
+    client = boto3.client("s3")
+    shards = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    assert any(p.suffix == ".parquet" for p in shards)
+    for f in shards:
+        client.upload_file(str(f), s3["bucket"], f"eval/set/{f.relative_to(path)}")
+    out = tmp_path / "eval"
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            "tiny-head@candidate",
+            "--data",
+            f"s3://{s3['bucket']}/eval/set",
+            "--variants",
+            "standard",
+            "--no-plots",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    with open(out / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    small = np.stack(
+        [np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images]
+    )
+    with torch.no_grad():
+        pred = model(model.preprocess(small)).double().numpy()
+    true = R.astype(np.float32).astype(np.float64)  # the set stores float32 labels
+    err = [_geo(p, t) for p, t in zip(pred, true, strict=True)]
+    assert int(row["n"]) == 12
+    assert float(row["geodesic_mean"]) == pytest.approx(np.mean(err), abs=1e-3)
+    assert float(row["geodesic_median"]) == pytest.approx(np.median(err), abs=1e-3)
 
 
 def _euler_deg(R):

@@ -85,6 +85,9 @@ def _env():
     env = dict(os.environ)
     for k in [k for k in env if k.startswith(("MLFLOW_", "RAY_ADDRESS"))]:
         env.pop(k)
+    # A local Ray of the driver's own, never a cluster recorded on this machine by another test
+    # (one left behind by a failed test would hang the driver on its dead GCS).
+    env["RAY_ADDRESS"] = "local"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -534,11 +534,19 @@ def test_pooled_pretraining_reads_one_dataset_and_augments_each_epoch_on_the_wor
     assert len({tuple(by_epoch[e]) for e in range(epochs)}) > 1
 
 
-def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cluster, tmp_path):
+def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint_on_s3(
+    ray_cluster, s3, tmp_path
+):
+    """The head's run checkpoints to ``storage_path=s3://...`` (the session's loopback S3 server,
+    reached by the workers through the AWS variables Ray runs with); a NaN label in epoch 2
+    stops it, and the error names epoch 1's checkpoint by its ``s3://`` URI, which loads."""
+    import boto3
+
     from clerf_ray.models import create_encoder
     from clerf_ray.train.head import build_head_embeddings
 
-    cfg = tiny_config(tmp_path, "head.max_failures=2")
+    storage = f"s3://{s3['bucket']}/{tmp_path.name}/runs"
+    cfg = tiny_config(tmp_path, "head.max_failures=2", f"storage_path={storage}")
     out = tmp_path / "record"
     out.mkdir()
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
@@ -568,12 +576,16 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint(ray_cl
     msg = str(err.value)
     assert re.search(r"head: non-finite loss at epoch 2 step [12]\b", msg), msg
     kept = re.search(r"Last good checkpoint: (\S+)$", msg).group(1)
-    assert Path(kept).is_dir() and Path(kept).parent.name == "nan-head"
+    assert kept.startswith(f"{storage}/nan-head/checkpoint_"), kept
+    # Ray Train wrote it to the server (listed with boto3, independent of pyarrow).
+    key = kept[len(f"s3://{s3['bucket']}/") :]
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3["bucket"], Prefix=f"{key}/")
+    assert [o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])] == ["state.pt"]
     assert len(_starts(out, 0)) == 1
     # The kept checkpoint is epoch 1's, with finite weights that load without unpickling.
     import ray.train
 
-    state = common.load_state(ray.train.Checkpoint.from_directory(kept))
+    state = common.load_state(ray.train.Checkpoint(kept))
     assert state["epoch"] == 0
     assert [h["epoch"] for h in state["history"]] == [1]
     assert all(torch.isfinite(v).all() for v in state["model"].values())
