@@ -445,10 +445,15 @@ def _shared_renders(cfg: Config, base: Config) -> dict[str, Any]:
     held_cfg = data.pair_config(seed=base.seed + 3, identities=t.val_identities, augment="fa")
     q, r = t.probe_queries, t.probe_references
     # One render pass for the probe and the validation set (each pass starts its own render
-    # actors): the renders come back in a fixed order (sorted by label), so a seeded permutation
-    # splits them into probe queries, probe references and validation renders at random.
+    # actors). The renders come in pairs (two identities at one pose) and in a fixed order
+    # (sorted by label): whole pairs in a seeded random order, then split into probe queries,
+    # probe references and validation renders, so that a pose is in two parts only where a
+    # boundary falls inside a pair.
     images, R = heldout_renders(held_cfg, q + r + t.val_samples)
-    order = np.random.default_rng(base.seed + 4).permutation(len(R))
+    _, pair = np.unique(R.reshape(len(R), 9), axis=0, return_inverse=True)
+    pair = pair.reshape(-1)
+    rank = np.random.default_rng(base.seed + 4).permutation(pair.max() + 1)
+    order = np.argsort(rank[pair], kind="stable")
     images, R = images[order], R[order]
     probe = {
         "query_images": images[:q],
