@@ -126,10 +126,13 @@ def ray_cluster(s3):
     S3 variables in its environment: ``s3``)."""
     import ray
 
-    if not ray.is_initialized():
-        # address="local": always a new local instance, never a `ray start` cluster that another
-        # process (a job-submission test, a user's session) left running on this machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized():
+        # Started by a test without this fixture (Ray Data starts Ray on first use), without
+        # these settings or the S3 variables: start again as every other test expects.
+        ray.shutdown()
+    # address="local": always a new local instance, never a `ray start` cluster that another
+    # process (a job-submission test, a user's session) left running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
