@@ -273,22 +273,32 @@ def run_trial(config: dict[str, Any], *, meta: dict[str, Any], shared: dict[str,
 # --------------------------------------------------------------------------- driver side
 
 
+def close_nested_run(meta: dict[str, Any], trial_id: str, status: str, error: str | None):
+    """End the nested MLflow run of trial ``trial_id`` with ``status`` (and ``error`` as its
+    tag, unless the trial recorded its own)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(meta["tracking_uri"])
+    run_id = _nested_run(client, meta["experiment_id"], meta["parent_run_id"], trial_id)
+    if run_id is None:
+        return
+    if error and not client.get_run(run_id).data.tags.get("error"):
+        client.set_tag(run_id, "error", error)
+    if status == "KILLED" and client.get_run(run_id).data.tags.get("error"):
+        # The stop's own teardown: the trial's Ray Train controller is killed with the trial,
+        # and the trial's handler records that as its error.
+        client.delete_tag(run_id, "error")
+    client.set_terminated(run_id, status)
+
+
 def progress_callback(meta: dict[str, Any]):
     """A Tune callback on the driver: a line when a trial starts or stops; it closes the nested
     MLflow runs of trials that ASHA stopped (KILLED) or that died without closing their run
     (FAILED, with the error)."""
     from ray import tune
 
-    def close(trial, status: str, error: str | None) -> None:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(meta["tracking_uri"])
-        run_id = _nested_run(client, meta["experiment_id"], meta["parent_run_id"], trial.trial_id)
-        if run_id is None:
-            return
-        if error and not client.get_run(run_id).data.tags.get("error"):
-            client.set_tag(run_id, "error", error)
-        client.set_terminated(run_id, status)
+    def close(trial_id: str, status: str, error: str | None) -> None:
+        close_nested_run(meta, trial_id, status, error)
 
     class SearchProgress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -308,12 +318,12 @@ def progress_callback(meta: dict[str, Any]):
                 f"{last.get('epoch', 0)} (retrieval median "
                 f"{last.get('val/retrieval_median', float('nan')):.1f} deg)"
             )
-            close(trial, "KILLED", None)
+            close(trial.trial_id, "KILLED", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = str(getattr(trial, "error_msg", None) or "see the trial's error file")
             say(f"trial {trial.trial_id} failed: {error.strip().splitlines()[-1][:300]}")
-            close(trial, "FAILED", error[:4000])
+            close(trial.trial_id, "FAILED", error[:4000])
 
     return SearchProgress()
 
@@ -574,6 +584,12 @@ def run_search(cfg: Config) -> SearchResult:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     results = tuner.fit()
     rows = _rows(results, cfg)
+    # A trial ASHA stopped is closed as KILLED when the stop comes, but its own process, torn
+    # down after the stop, can then close the run as FAILED: once every trial has ended, mark
+    # them KILLED again (from the results, which a resumed search has too).
+    for row in rows:
+        if row["status"] == "KILLED":
+            close_nested_run(meta, row["trial_id"], "KILLED", None)
     best = next((r for r in rows if r["status"] == "FINISHED"), None)
 
     enc_version = head_version = None
