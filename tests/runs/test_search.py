@@ -198,7 +198,7 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
     status = {lr: r.info.status for lr, r in by_lr.items()}
     assert status == {4e-3: "FINISHED", 3e-3: "FINISHED", 1e-9: "KILLED", 1e30: "FAILED"}, both
     assert "non-finite loss" in by_lr[1e30].data.tags["error"]
-    # The stopped trial's teardown (its Ray Train controller killed with it) is no error of its.
+    # The stopped trial's teardown (its Ray Train controller killed with it) is not its error.
     assert "error" not in by_lr[1e-9].data.tags, by_lr[1e-9].data.tags["error"]
     # Per-epoch metrics reached the nested runs as the epochs came, ASHA's stop included: the
     # stopped trial ended at a rung (epoch 1 or 2) before its last epoch, so its head never
