@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 class RendererFactory:
     """A renderer class as the render actors receive it: by name when it can be imported by name
     (the built-in backends, a plugin's module), by value otherwise (a class defined in a function
-    or in a script's ``__main__``, which cloudpickle sends whole). By name, the processes that only plan or route the stream
-    (Ray Data's split coordinator, Ray Train's dataset manager) unpickle it without importing the
-    backend and torch with it (2-4 s of CPU each); the actor imports it when it builds one.
-    (cloudpickle sends an importable class by reference, but resolves the reference on unpickling.)
+    or in a script's ``__main__``, which cloudpickle sends whole). By name, the processes that
+    only plan or route the stream (Ray Data's split coordinator, Ray Train's dataset manager)
+    unpickle it without importing the backend and torch with it (2-4 s of CPU each); the actor
+    imports it when it builds one. Written here because cloudpickle, which sends an importable
+    class by reference too, imports that reference as soon as it unpickles it.
     """
 
     def __init__(self, cls):

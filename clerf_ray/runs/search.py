@@ -282,12 +282,13 @@ def close_nested_run(meta: dict[str, Any], trial_id: str, status: str, error: st
     run_id = _nested_run(client, meta["experiment_id"], meta["parent_run_id"], trial_id)
     if run_id is None:
         return
-    if error and not client.get_run(run_id).data.tags.get("error"):
-        client.set_tag(run_id, "error", error)
-    if status == "KILLED" and client.get_run(run_id).data.tags.get("error"):
+    recorded = client.get_run(run_id).data.tags.get("error")
+    if status == "KILLED" and recorded:
         # The stop's own teardown: the trial's Ray Train controller is killed with the trial,
         # and the trial's handler records that as its error.
         client.delete_tag(run_id, "error")
+    elif error and not recorded:
+        client.set_tag(run_id, "error", error)
     client.set_terminated(run_id, status)
 
 
@@ -296,9 +297,6 @@ def progress_callback(meta: dict[str, Any]):
     MLflow runs of trials that ASHA stopped (KILLED) or that died without closing their run
     (FAILED, with the error)."""
     from ray import tune
-
-    def close(trial_id: str, status: str, error: str | None) -> None:
-        close_nested_run(meta, trial_id, status, error)
 
     class SearchProgress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -318,12 +316,12 @@ def progress_callback(meta: dict[str, Any]):
                 f"{last.get('epoch', 0)} (retrieval median "
                 f"{last.get('val/retrieval_median', float('nan')):.1f} deg)"
             )
-            close(trial.trial_id, "KILLED", None)
+            close_nested_run(meta, trial.trial_id, "KILLED", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = str(getattr(trial, "error_msg", None) or "see the trial's error file")
             say(f"trial {trial.trial_id} failed: {error.strip().splitlines()[-1][:300]}")
-            close(trial.trial_id, "FAILED", error[:4000])
+            close_nested_run(meta, trial.trial_id, "FAILED", error[:4000])
 
     return SearchProgress()
 
