@@ -382,7 +382,11 @@ class TuneSection(_Section):
         "the per-trial budget (the default search fits 30 minutes on 2 cores)",
     )
     num_samples: int = Field(4, gt=0, description="trials (per grid point with grid search)")
-    search_alg: Literal["random", "grid", "optuna"] = "random"
+    search_alg: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random or grid (Tune's own sampling), or optuna (Optuna's TPE sampler; "
+        "the optional extra clerf_ray[optuna])",
+    )
     metric: Literal["val/geodesic_median", "val/geodesic_mean"] = Field(
         "val/geodesic_median",
         description="ranks trials: the head's error on validation renders (degrees)",

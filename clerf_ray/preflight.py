@@ -15,6 +15,7 @@ epoch.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -159,7 +160,8 @@ def _time_limit_problems(cfg: Config) -> list[str]:
 
 
 def _search_space_problems(cfg: Config) -> list[str]:
-    """Backbones and image sizes a search would try: each searched value checked as above."""
+    """Backbones and image sizes a search would try (each searched value checked as above),
+    and the searcher's package."""
     space = cfg.tune.space
     backbones = space["model.backbone"].values_to_check() if "model.backbone" in space else []
     sizes = space["data.image_size"].values_to_check() if "data.image_size" in space else []
@@ -175,6 +177,11 @@ def _search_space_problems(cfg: Config) -> list[str]:
                 }
             )
             problems += [f"tune.space: {p}" for p in _backbone_problems(changed)]
+    if cfg.tune.search_alg == "optuna" and importlib.util.find_spec("optuna") is None:
+        problems.append(
+            "tune.search_alg: 'optuna' needs the optuna package, an optional extra "
+            "(pip install -e '.[optuna]', or pip install optuna)"
+        )
     return problems
 
 

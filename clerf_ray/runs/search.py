@@ -104,6 +104,18 @@ def param_space(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def searcher(cfg: Config):
+    """The searcher of ``cfg.tune.search_alg``: None for ``random`` and ``grid`` (Tune's own
+    variant generator samples :func:`param_space`, or walks its grid), Optuna's TPE sampler for
+    ``optuna`` (:mod:`clerf_ray.runs.optuna_searcher`), seeded with ``cfg.seed``."""
+    t = cfg.tune
+    if t.search_alg != "optuna":
+        return None
+    from clerf_ray.runs.optuna_searcher import optuna_searcher
+
+    return optuna_searcher(t.metric, t.mode, cfg.seed)
+
+
 def base_trial_data(cfg: Config) -> dict[str, Any]:
     """The config every trial starts from: ``cfg`` with ``tune.trial_overrides`` applied."""
     data = cfg.model_dump(mode="json")
@@ -571,7 +583,10 @@ def run_search(cfg: Config) -> SearchResult:
             trainable,
             param_space=param_space(cfg),
             tune_config=tune.TuneConfig(
-                num_samples=t.num_samples, scheduler=scheduler, max_concurrent_trials=at_once
+                num_samples=t.num_samples,
+                search_alg=searcher(cfg),
+                scheduler=scheduler,
+                max_concurrent_trials=at_once,
             ),
             run_config=run_config,
         )
