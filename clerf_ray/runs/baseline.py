@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clerf_ray.ray_init import init_ray
-from clerf_ray.runs.common import pretrain_pool
+from clerf_ray.runs.common import EPOCH_METRICS, pretrain_pool
 from clerf_ray.train.supervised import (
     baseline_batch_size,
     build_baseline_dataset,
@@ -124,10 +124,7 @@ def train_baseline(
         )
         for h in stage.history:
             mlflow.log_metrics(
-                {
-                    f"baseline/{k}": float(h[k])
-                    for k in ("loss", "lr", "samples_per_s", "elapsed_s")
-                },
+                {f"baseline/{k}": float(h[k]) for k in EPOCH_METRICS if k in h},
                 step=int(h["epoch"]),
             )
         model = build_baseline_model(cfg)

@@ -35,6 +35,21 @@ def _git_sha() -> str | None:
         return None
 
 
+# Per-epoch values of a stage's history logged to MLflow (clerf_ray.train.common.fit).
+EPOCH_METRICS = (
+    "loss",
+    "lr",
+    "samples_per_s",
+    "elapsed_s",
+    "epoch_s",
+    "first_batch_s",
+    "data_wait_s",
+    "compute_s",
+    "augment_s",
+    "allreduce_ms_per_step",
+)
+
+
 def log_history(stage: str, history: list[dict[str, Any]], epochs: bool = True) -> None:
     """Log a stage's per-step losses and (with ``epochs``) its per-epoch metrics to the active
     MLflow run; a search trial logs its epochs as they come instead (``runs.search``)."""
@@ -49,7 +64,8 @@ def log_history(stage: str, history: list[dict[str, Any]], epochs: bool = True) 
     for h in history if epochs else []:
         metrics += [
             Metric(f"{stage}/{k}", float(h[k]), now, int(h["epoch"]))
-            for k in ("loss", "lr", "samples_per_s", "elapsed_s")
+            for k in EPOCH_METRICS
+            if k in h  # the time split is absent from checkpoints of older runs
         ]
     # One request per 1000 values (MLflow's batch limit) instead of one per step.
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
