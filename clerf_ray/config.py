@@ -213,6 +213,11 @@ class OptimSection(_Section):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
+    worker_resources: dict[str, float] | None = Field(
+        None,
+        description="custom Ray resources per worker, e.g. {trainer: 1}: the workers (and the "
+        "head's embedding actors) run only on nodes that offer them",
+    )
     torch_threads: int | None = Field(
         2,
         ge=1,
@@ -223,6 +228,22 @@ class OptimSection(_Section):
     )
     use_gpu: bool | Literal["auto"] = "auto"
     amp: bool = Field(True, description="mixed precision (GPU only)")
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources_only(cls, v):
+        if v:
+            builtin = sorted(k for k in v if k in ("CPU", "GPU", "memory", "object_store_memory"))
+            if builtin:
+                raise ValueError(
+                    f"{', '.join(builtin)}: set CPUs with cpus_per_worker and GPUs with use_gpu; "
+                    "worker_resources holds custom resources only"
+                )
+            bad = sorted(k for k, amount in v.items() if not amount > 0)
+            if bad:
+                raise ValueError(f"{', '.join(bad)}: amounts must be positive")
+        return v
+
     max_failures: int = Field(2, ge=0, description="worker failures survived by resuming")
     time_limit_s: float | None = Field(
         None, gt=0, description="stop after the epoch that crosses this wall time"

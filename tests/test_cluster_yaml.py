@@ -144,3 +144,35 @@ def test_readme_cluster_commands_use_s3_and_pin_the_pickle_hash():
         tail = commands[m.end() : m.end() + 200]
         assert re.search(r"network_sha256:\s*\S+", tail), m.group(1)
     assert re.search(r"network_pkl:\s*s3://", commands)
+
+
+def test_fake_cluster_node_types_mirror_cluster_yaml(raw):
+    """The autoscaling tests' node types (tests/cluster/fake_cluster.py) are cluster.yaml's:
+    the same worker type names and resource keys (the fake GPU standing in for the GPU), and the
+    head offers only CPUs in both. The resources the jobs ask for pin each stage to one type."""
+    from cluster.fake_cluster import FAKE_GPU, HEAD_RESOURCES, NODE_TYPES, PLACEMENT
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+
+    from clerf_ray.config import load_config
+
+    types = raw["available_node_types"]
+    head = raw["head_node_type"]
+    workers = {k: v for k, v in types.items() if k != head}
+    assert sorted(NODE_TYPES) == sorted(workers) and FAKE_HEAD_NODE_TYPE not in workers
+
+    def keys(resources):
+        return sorted(FAKE_GPU if k == "GPU" else k for k in resources)
+
+    for name, node_type in workers.items():
+        assert keys(node_type["resources"]) == sorted(NODE_TYPES[name]["resources"]), name
+    assert sorted(types[head]["resources"]) == sorted(HEAD_RESOURCES) == ["CPU"]
+
+    cfg = load_config(None, PLACEMENT)
+    for wanted, home in (
+        (cfg.data.render_resources, "renderer"),
+        (cfg.pretrain.worker_resources, "trainer"),
+        (cfg.head.worker_resources, "trainer"),
+    ):
+        for name, node_type in types.items():
+            offers = set(wanted) <= set(node_type["resources"])
+            assert offers == (name == home), (wanted, name)

@@ -119,6 +119,7 @@ def build_head_embeddings(cfg, encoder_state: dict[str, Any], images=None, pool=
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=cfg.head.cpus_per_worker,
         num_gpus=1 if gpu else 0,
+        resources=cfg.head.worker_resources or None,
     ).materialize()
 
 

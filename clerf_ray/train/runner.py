@@ -76,7 +76,8 @@ def build_trainer(
     callbacks: list | None = None,
 ):
     """The ``TorchTrainer`` of one stage: ``loop`` on ``section.num_workers`` workers of
-    ``section.cpus_per_worker`` CPUs (and a GPU each when ``section.use_gpu`` resolves so), run
+    ``section.cpus_per_worker`` CPUs and ``section.worker_resources`` (and a GPU each when
+    ``section.use_gpu`` resolves so), run
     ``name`` under ``storage_path``, ``section.max_failures`` restarts, the last two checkpoints
     kept, and ``callbacks`` (for example Tune's ``TuneReportCallback``).
 
@@ -86,7 +87,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     gpu = common.use_gpu(section.use_gpu)
-    resources = {"CPU": section.cpus_per_worker}
+    resources = {"CPU": section.cpus_per_worker, **(section.worker_resources or {})}
     if gpu:
         resources["GPU"] = 1
     return TorchTrainer(
