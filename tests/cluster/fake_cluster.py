@@ -18,15 +18,28 @@ from ray.cluster_utils import AutoscalingCluster
 
 FAKE_GPU = "fake_gpu"
 HEAD_RESOURCES = {"CPU": 1}
+# Each fake node is a raylet with its own object store on this machine: small ones, so that
+# several nodes fit in its memory (Ray's default is 30% of the memory per node).
+OBJECT_STORE_BYTES = 500 * 1024**2
 NODE_TYPES = {
     "renderer": {
-        "resources": {"CPU": 1, FAKE_GPU: 1, "renderer": 1},
+        "resources": {
+            "CPU": 1,
+            FAKE_GPU: 1,
+            "renderer": 1,
+            "object_store_memory": OBJECT_STORE_BYTES,
+        },
         "node_config": {},
         "min_workers": 0,
         "max_workers": 2,
     },
     "trainer": {
-        "resources": {"CPU": 1, FAKE_GPU: 1, "trainer": 1},
+        "resources": {
+            "CPU": 1,
+            FAKE_GPU: 1,
+            "trainer": 1,
+            "object_store_memory": OBJECT_STORE_BYTES,
+        },
         "node_config": {},
         "min_workers": 0,
         "max_workers": 2,
