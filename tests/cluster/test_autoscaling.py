@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_job_submit import TINY as JOB_TINY
 
 from .fake_cluster import (
     HEAD_RESOURCES,
@@ -37,27 +38,9 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 
-TINY = [
-    "data.image_size=32",
-    "data.num_pairs=32",
-    "data.render_batch_size=16",
-    "data.render_num_cpus=0.25",
-    "data.stage_num_cpus=0.1",
-    "model.embedding_dim=32",
-    "model.projection_hidden=64",
-    "model.head_hidden=[32]",
-    "pretrain.batch_size=8",
-    "pretrain.cpus_per_worker=0.5",
-    "pretrain.torch_threads=1",
-    "pretrain.use_gpu=false",
-    "head.epochs=1",
-    "head.num_samples=16",
-    "head.batch_size=8",
-    "head.cpus_per_worker=0.5",
-    "head.torch_threads=1",
-    "head.use_gpu=false",
-    "eval.num_samples=8",
-]
+# The job-submission test's tiny main job (tests/ is on sys.path, as pytest puts it there), with
+# the run name and the epoch count left to each test here.
+TINY = [o for o in JOB_TINY if not o.startswith(("run_name=", "pretrain.epochs="))]
 
 
 @pytest.fixture(scope="module")
