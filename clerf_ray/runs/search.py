@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -278,7 +279,15 @@ def run_trial(config: dict[str, Any], *, meta: dict[str, Any], shared: dict[str,
             final.setdefault("val/retrieval_median", float("nan"))
             tune.report(final)
         except Exception as e:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:4000])
+            # A trial that ASHA stopped dies with its Ray Train controller, and this handler can
+            # run after the driver has closed the trial's run as KILLED (its on_trial_complete,
+            # and again when the search ends: a stopped last trial tears down after fit()
+            # returns). Keep that verdict rather than closing the run as FAILED with the
+            # teardown as its error.
+            if client.get_run(run.info.run_id).info.status == "KILLED":
+                mlflow.end_run("KILLED")
+            else:
+                mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:4000])
             raise
 
 
@@ -338,15 +347,34 @@ def progress_callback(meta: dict[str, Any]):
     return SearchProgress()
 
 
+def _trial_config_and_id(result) -> tuple[dict[str, Any], str]:
+    """A trial's config and id. Tune keeps both in the trial's reports, but a trial that failed
+    before its first report, restored by a resumed search, comes back with no metrics: then
+    from the ``params.json`` Tune writes in the trial's folder, and the id from the folder's
+    name (``run_trial_<id>_<index>_...``)."""
+    m = result.metrics or {}
+    folder = result.path.rstrip("/").rsplit("/", 1)[-1]
+    match = re.match(r"run_trial_([0-9a-f]+_\d+)_", folder)
+    trial_id = m.get("trial_id") or (match.group(1) if match else folder)
+    if m.get("config") is not None:
+        return m["config"], trial_id
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+            return json.loads(f.read().decode()), trial_id
+    except (OSError, ValueError):
+        return {}, trial_id
+
+
 def _rows(results, cfg: Config) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         m = r.metrics or {}
         status = "FINISHED" if m.get(FINAL) else ("FAILED" if r.error else "KILLED")
+        config, trial_id = _trial_config_and_id(r)
         row = {
-            "trial_id": m.get("trial_id") or Path(r.path).name,
+            "trial_id": trial_id,
             "status": status,
-            **{k: r.config.get(k) for k in cfg.tune.space},
+            **{k: config.get(k) for k in cfg.tune.space},
             # The final report comes one past the last pretraining epoch (run_trial).
             "epochs_done": (m.get("epoch") or 0) - (1 if m.get(FINAL) else 0),
             "val/retrieval_median": m.get("val/retrieval_median"),

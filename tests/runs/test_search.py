@@ -1,15 +1,16 @@
-"""The Ray Tune search (clerf_ray.runs.search) on tiny settings, in one search of four learning
+"""The Ray Tune search (clerf_ray.runs.search) on tiny settings, in one search of three learning
 rates whose driver is killed once and resumed (in a subprocess with its own local Ray, so that the
 driver can really be killed; one search, not two, because every trial costs two Ray Train runs):
 
-* 4e-3 finishes before the kill; the resumed search does not run it again;
+* 1e30 fails (the loss is not finite) before the kill; the resumed search does not run it again;
 * 3e-3 is interrupted by the kill and finishes after the resume;
 * 1e-9 (too small to learn) is stopped early by ASHA, against 3e-3's rungs (Ray does not
-  restore ASHA's rungs, so the trial it stops must follow a trial that the resumed search ran);
-* 1e30 fails (the loss is not finite).
+  restore ASHA's rungs, so the trial it stops must follow a trial that the resumed search ran).
 
-The best finished trial's models are registered and load by alias; the parent run holds the
-table and the plots, each trial a nested run with its status.
+The finished trial's models are registered and load by alias; the parent run holds the table and
+the plots, each trial a nested run with its status. (Which of several finished trials is the
+best is ranked from Tune's results in tests/runs/test_search_rows.py, without Ray: a fourth trial
+here would cost 85 s.)
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ TINY = [
     "tune.max_concurrent_trials=1",
     # The pretraining loss as ASHA's measure: with one seed every trial starts from the same
     # weights on the same batches, so a learning rate of 1e-9 keeps the loss where it started
-    # while 4e-3 lowers it within two epochs (measured: 56.4 -> 54.1 against 55.9 -> 56.1); the
-    # retrieval probe is too noisy on 16 references to rank trials this small.
+    # while 3e-3 and 4e-3 lower it within two epochs (measured for 4e-3: 56.4 -> 54.1 against
+    # 55.9 -> 56.1); the retrieval probe is too noisy on 16 references to rank trials this small.
     "tune.asha_metric=loss",
 ]
 
 # YAML floats need e+NN.
-GRID4 = "tune.space={pretrain.lr: {choices: [4.0e-3, 3.0e-3, 1.0e-9, 1.0e+30]}}"
+GRID3 = "tune.space={pretrain.lr: {choices: [1.0e+30, 3.0e-3, 1.0e-9]}}"
 
 
 def _search_cmd(tmp_path: Path, *extra: str) -> list[str]:
@@ -143,7 +144,7 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
 
     from clerf_ray import registry
 
-    cmd = _search_cmd(tmp_path, GRID4, "tune.name=grid4")
+    cmd = _search_cmd(tmp_path, GRID3, "tune.name=grid3")
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -154,25 +155,26 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        # Kill the driver (and its local Ray) once the first trial has finished, Tune's state on
+        # Kill the driver (and its local Ray) once the first trial has failed, Tune's state on
         # storage says so (what a resume reads), and the second trial has started: the second
         # is then unfinished.
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
             lines = _tune_lines(log_path.read_text())
-            done = [x.split()[2] for x in lines if "finished:" in x]
+            failed = [x.split()[2] for x in lines if "failed:" in x]
             if (
                 sum("started:" in x for x in lines) >= 2
-                and done
-                and _recorded_statuses(tmp_path / "runs" / "grid4").get(done[0]) == "TERMINATED"
+                and failed
+                and _recorded_statuses(tmp_path / "runs" / "grid3").get(failed[0]) == "ERROR"
             ):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, log_path.read_text()[-4000:]
         _kill_session(proc)
     first = log_path.read_text()
-    finished = [x.split()[2] for x in _tune_lines(first) if "finished:" in x]
-    assert len(finished) == 1
+    assert not any("finished:" in x for x in _tune_lines(first))
+    failed = [x.split()[2] for x in _tune_lines(first) if "failed:" in x]
+    assert len(failed) == 1
 
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     second = out.stdout + out.stderr
@@ -180,8 +182,9 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
     assert "resuming the search" in second
     lines = _tune_lines(second)
     both = "\n".join(_tune_lines(first)) + "\n--\n" + "\n".join(lines)
-    # The finished trial is neither started nor finished again; the interrupted one finishes.
-    assert not any(finished[0] in x for x in lines), both
+    # The failed trial is neither started nor failed again; the interrupted one finishes.
+    assert not any(failed[0] in x for x in lines), both
+    assert sum("finished:" in x for x in lines) == 1, both
     assert "stopped early by ASHA" in second, both
 
     uri = registry.setup(f"sqlite:///{tmp_path}/mlflow.db", "clerf")
@@ -194,21 +197,21 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     by_lr = {float(r.data.params["search.pretrain.lr"]): r for r in nested}
-    assert sorted(by_lr) == [1e-9, 3e-3, 4e-3, 1e30]
+    assert sorted(by_lr) == [1e-9, 3e-3, 1e30]
     status = {lr: r.info.status for lr, r in by_lr.items()}
-    assert status == {4e-3: "FINISHED", 3e-3: "FINISHED", 1e-9: "KILLED", 1e30: "FAILED"}, both
+    assert status == {3e-3: "FINISHED", 1e-9: "KILLED", 1e30: "FAILED"}, both
     assert "non-finite loss" in by_lr[1e30].data.tags["error"]
     # The stopped trial's teardown (its Ray Train controller killed with it) is not its error.
     assert "error" not in by_lr[1e-9].data.tags, by_lr[1e-9].data.tags["error"]
     # Per-epoch metrics reached the nested runs as the epochs came, ASHA's stop included: the
     # stopped trial ended at a rung (epoch 1 or 2) before its last epoch, so its head never
-    # trained.
+    # trained. The interrupted trial's run, taken up again after the resume, reached epoch 3.
     stopped_after = len(client.get_metric_history(by_lr[1e-9].info.run_id, "pretrain/loss"))
     assert stopped_after in (1, 2)
-    assert len(client.get_metric_history(by_lr[4e-3].info.run_id, "pretrain/loss")) == 3
     assert "val/geodesic_median" not in by_lr[1e-9].data.metrics
-    for lr in (4e-3, 3e-3):
-        assert "val/geodesic_median" in by_lr[lr].data.metrics
+    assert "val/geodesic_median" in by_lr[3e-3].data.metrics
+    finished_epochs = client.get_metric_history(by_lr[3e-3].info.run_id, "pretrain/loss")
+    assert {m.step for m in finished_epochs} == {1, 2, 3}, finished_epochs
 
     # The parent holds the space, the table (CSV and markdown) and the plots.
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
@@ -219,20 +222,17 @@ def test_a_killed_search_resumes_stops_one_early_records_a_failure_and_registers
             client.download_artifacts(parent.info.run_id, "search.json", str(tmp_path))
         ).read_text()
     )
-    assert space["space"]["pretrain.lr"]["choices"] == [4e-3, 3e-3, 1e-9, 1e30]
+    assert space["space"]["pretrain.lr"]["choices"] == [1e30, 3e-3, 1e-9]
     table = Path(
         client.download_artifacts(parent.info.run_id, "search/results.md", str(tmp_path))
     ).read_text()
     rows = [x for x in table.splitlines() if x.startswith("| ") and "trial_id" not in x]
-    assert [x.split(" | ")[1] for x in rows] == ["FINISHED", "FINISHED", "KILLED", "FAILED"]
+    assert [x.split(" | ")[1] for x in rows] == ["FINISHED", "KILLED", "FAILED"]
 
-    # The best finished trial (the lower validation error of the two) is the one registered,
-    # and its encoder and head load by alias.
-    val = {lr: by_lr[lr].data.metrics["val/geodesic_median"] for lr in (4e-3, 3e-3)}
-    best = min(val, key=val.get)
+    # The finished trial is the one registered, and its encoder and head load by alias.
     enc = registry.model_version("clerf-encoder@candidate")
     head = registry.model_version("clerf-head@candidate")
-    assert enc.run_id == head.run_id == by_lr[best].info.run_id, val
+    assert enc.run_id == head.run_id == by_lr[3e-3].info.run_id
     assert enc.tags["search_run_id"] == parent.info.run_id
     encoder = registry.load_registered("clerf-encoder@candidate")
     model = registry.load_registered("clerf-head@candidate")
