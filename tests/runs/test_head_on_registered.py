@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,10 @@ def _register_random_encoder(seed: int, version: str):
 
 def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch, capsys):
     """``jobs/train_head.py --encoder clerf-encoder@candidate``: the encoder is a registered
-    random-init stand-in (no pretraining, to keep the test short)."""
+    random-init stand-in (no pretraining, to keep the test short). The head trains on one draw
+    of un-augmented renders, so that its training images are known here and the input
+    standardisation it registered can be checked against their features, computed with numpy.
+    (That check rides on this job because every Ray Train run costs 20-30 s of start-up here.)"""
     import mlflow
 
     from clerf_ray import registry
@@ -73,6 +77,10 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
             "model.head_hidden=[16]",
             "head.epochs=1",
             "head.num_samples=16",
+            "head.draws=1",
+            "data.augment=none",
+            "model.head_input=features",
+            "model.head_standardize=true",
             "head.batch_size=8",
             "head.cpus_per_worker=0.5",
             "head.torch_threads=1",
@@ -104,6 +112,31 @@ def test_train_head_job_on_registered_encoder(ray_cluster, tmp_path, monkeypatch
             median, abs=0.006
         )
         assert float(mv.tags["geodesic_median"]) == pytest.approx(median, abs=0.006)
+
+        # The head's input standardisation holds the statistics of what it trained on: the
+        # frozen encoder's pooled features of the head's training images (one draw of
+        # un-augmented renders: exactly the renders).
+        from clerf_ray.train.head import head_images
+
+        train_images = np.stack([np.asarray(r["image"]) for r in head_images(cfg).take_all()])
+        assert train_images.shape == (16, 32, 32, 3)
+        with torch.no_grad():
+            z = enc.eval().features(enc.preprocess(train_images)).double().numpy()
+        assert z.shape == (16, 512)
+        # Population std, floored at set_input_stats' 1e-6: a random-init resnet10t on 32 px
+        # images leaves some pooled channels at zero for every image.
+        mean, std = z.mean(axis=0), np.maximum(z.std(axis=0), 1e-6)
+        assert (std > 1e-3).sum() > 100  # most channels vary: the statistics are not the defaults
+        head = model.head
+        np.testing.assert_allclose(head.input_mean.double().numpy(), mean, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(head.input_std.double().numpy(), std, rtol=1e-4, atol=1e-6)
+        # And the model standardises with them: the head's first layer sees standardised
+        # features.
+        with torch.no_grad():
+            x = torch.from_numpy(((z - mean) / std).astype(np.float32))
+            want = head.mlp(x) + head.offset
+            got = head.forward_6d(torch.from_numpy(z.astype(np.float32)))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
         # The head's Ray Train run is named by the encoder it fits (its parameter checksum,
         # computed here from the registered encoder): the same run name on another encoder (as
