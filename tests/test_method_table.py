@@ -1,0 +1,157 @@
+"""benchmarks/method_table.py without Ray: the runs' configs (the three models differ only in
+their augmentation; the protocol's ranges, budgets and settings reach every run), the table's
+figures from per-seed records (means and spreads computed here by hand), the verdicts, and the
+markdown. The runs themselves are the command's own (``--quick`` is its smoke run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mt():
+    spec = importlib.util.spec_from_file_location(
+        "method_table", ROOT / "benchmarks" / "method_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_models_differ_only_in_their_augmentation(mt, tmp_path):
+    table = mt.Table({**mt.FULL, "quick": False}, tmp_path, ["model.backbone=resnet18"])
+    cfgs = {m: table.config(m, "standard", 5, 2e-3, 0.02, 4) for m in mt.MODELS}
+    assert {m: c.data.augment for m, c in cfgs.items()} == {
+        "clerf": "fa",
+        "baseline": "none",
+        "baseline+fa": "fa",
+    }
+    dumps = {m: c.model_dump(mode="json") for m, c in cfgs.items()}
+    for d in dumps.values():
+        d["data"].pop("augment")
+        d.pop("run_name")
+    assert dumps["clerf"] == dumps["baseline"] == dumps["baseline+fa"]
+    c = cfgs["baseline"]
+    assert c.model.backbone == "resnet18"  # the user's override reaches every run
+    assert c.seed == 5 and c.pretrain.epochs == 4
+    assert (c.pretrain.lr, c.pretrain.weight_decay) == (2e-3, 0.02)
+    assert c.data.poses == "ranges"
+    assert (c.data.yaw_range, c.data.pitch_range, c.data.roll_range) == (
+        (-90.0, 90.0),
+        (-45.0, 45.0),
+        (-45.0, 45.0),
+    )
+    assert c.pretrain.time_limit_s is None and c.head.time_limit_s is None
+    assert c.data.pool and not c.tracking.register_models
+    assert c.data.num_pairs == 2048
+    assert table.config("clerf", "full", 0, 1e-3, 0.0, 1).data.poses == "so3"
+    # Every run has its own name (a Ray Train run of an existing name would resume it).
+    names = [c.run_name for c in cfgs.values()]
+    assert len(set(names)) == 3
+
+
+def _record(rng, model, seed, median, mean, mae, train_s=100.0):
+    metrics = {"geodesic_median": median, "geodesic_mean": mean, "mae_mean": mae}
+    return {
+        "range": rng,
+        "model": model,
+        "seed": seed,
+        "train_s": train_s,
+        "test": {t: dict(metrics) for t in ("standard", "SA", "FA", "full")},
+    }
+
+
+def test_cells_are_means_and_spreads_over_seeds(mt):
+    records = [
+        _record("full", "clerf", 0, 10.0, 20.0, 5.0, train_s=90.0),
+        _record("full", "clerf", 1, 14.0, 26.0, 8.0, train_s=110.0),
+        _record("full", "clerf", 2, 9.0, 23.0, 2.0, train_s=100.0),
+        _record("full", "baseline", 0, 30.0, 40.0, 15.0),
+    ]
+    agg = mt.aggregate(records)
+    cell = agg["cells"]["full|clerf|SA|geodesic_median"]
+    assert cell["mean"] == pytest.approx(11.0)
+    assert (cell["min"], cell["max"]) == (9.0, 14.0)
+    assert agg["cells"]["full|clerf|FA|geodesic_mean"]["mean"] == pytest.approx(23.0)
+    assert agg["cells"]["full|clerf|full|mae_mean"]["mean"] == pytest.approx(5.0)
+    assert agg["cells"]["full|baseline|standard|geodesic_median"]["values"] == [30.0]
+    assert agg["train_s"]["full|clerf"] == pytest.approx(100.0)
+    # Rendered as "mean (min-max)", or the one value of a single seed.
+    assert mt._cell(cell) == "11.0 (9.0-14.0)"
+    assert mt._cell(agg["cells"]["full|baseline|standard|geodesic_median"]) == "30.0"
+
+
+def _c(values):
+    return {
+        "mean": sum(values) / len(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def test_verdicts_need_seed_ranges_that_do_not_overlap(mt):
+    clerf = _c([10.0, 12.0, 11.0])
+    assert mt.verdict(clerf, [_c([13.0, 15.0]), _c([30.0, 40.0])]) == "better"
+    assert mt.verdict(clerf, [_c([11.5, 20.0])]) == "on par"  # overlap
+    assert mt.verdict(clerf, [_c([8.0, 9.5])]) == "worse"
+    # Against the better baseline (by mean): 9.0-9.9 beats CLERF even though 20-30 does not.
+    assert mt.verdict(clerf, [_c([20.0, 30.0]), _c([9.0, 9.9])]) == "worse"
+    # One seed has no spread to tell a difference by.
+    assert mt.verdict(_c([10.0]), [_c([30.0])]) == "one seed"
+    assert mt.verdict(clerf, [_c([30.0])]) == "one seed"
+
+
+def test_the_markdown_holds_every_cell_and_the_budget(mt):
+    records = []
+    for seed, (c, b, f) in enumerate([(10.0, 30.0, 20.0), (12.0, 34.0, 22.0)]):
+        for model, v in (("clerf", c), ("baseline", b), ("baseline+fa", f)):
+            for rng in ("standard", "full"):
+                records.append(_record(rng, model, seed, v, v + 5, v / 2))
+    agg = mt.aggregate(records)
+    report = {
+        "settings": {
+            **mt.FULL,
+            "quick": False,
+            "seeds": [0, 1],
+            "num_pairs": 2048,
+        },
+        "machine": {
+            "date": "2026-12-02 04:00",
+            "git_sha": "abc1234",
+            "cpus": 2,
+            "python": "3.11.7",
+            "torch": "2.14.1",
+            "ray": "2.60.0",
+            "timm": "1.0.31",
+            "load_average_start": (1.0, 1.0, 1.0),
+            "load_average_end": (2.0, 2.0, 2.0),
+        },
+        "wall_s": 3600.0,
+        "epochs": {"clerf": 3, "baseline": 5, "baseline+fa": 4},
+        "calibration": {
+            "clerf": {"epoch_s": 50.0, "head_s": 100.0, "budget_s": 250.0},
+            "baseline": {"epoch_s": 50.0, "first_guess": 5},
+            "baseline+fa": {"epoch_s": 62.5, "first_guess": 5},
+        },
+        "grid": [{"lr": 1e-3, "wd": 0.01}],
+        "search": {m: [{"val_median": 20.0}] for m in mt.MODELS},
+        "chosen": {m: {"lr": 1e-3, "wd": 0.01} for m in mt.MODELS},
+        "aggregate": agg,
+        "claim": mt.claim_paragraph(agg, ["standard", "full"]),
+    }
+    md = mt.markdown(report)
+    assert "CLERF pretrains 3 epochs of 2048 pooled pairs (50.0 s each" in md
+    assert "(100 s): 250 s per run" in md
+    assert "`baseline` 5 epochs (50.0 s each), `baseline+fa` 4 epochs (62.5 s each)" in md
+    assert "| clerf | 11.0 (10.0-12.0) | 11.0 (10.0-12.0) |" in md
+    assert "| baseline | 32.0 (30.0-34.0) |" in md
+    assert "| baseline+fa | 26.0 (25.0-27.0) |" in md  # the mean, 20 + 5 and 22 + 5
+    assert md.count("**Trained on the") == 6  # 3 metrics x 2 ranges
+    # CLERF's 10-12 against baseline+fa's 20-22: better on every set of both ranges.
+    assert report["claim"].count("better (11.0 against 21.0 deg)") == 8
