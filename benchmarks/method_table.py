@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -325,27 +324,26 @@ def markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- runs
 
 
-def _machine() -> dict[str, Any]:
-    import ray
-    import timm
-    import torch
+def _sibling(name: str):
+    """Another script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-    except OSError:
-        sha = ""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def _machine() -> dict[str, Any]:
+    """bench_train's record of the machine, plus the architecture and timm's version."""
+    import timm
+
     return {
-        "cpus": os.cpu_count(),
+        **_sibling("bench_train")._machine(),
         "machine": platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
         "timm": timm.__version__,
-        "git_sha": sha,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "load_average_start": os.getloadavg(),
     }
 
 
@@ -362,10 +360,18 @@ class Table:
         self.count = 0
 
     def config(self, model: str, rng: str, seed: int, lr: float, wd: float, epochs: int):
-        from clerf_ray.config import load_config
-
+        """The config of the next run, with a run name of its own."""
         self.count += 1
         name = f"{self.count:03d}-{rng}-{model.replace('+', '-')}-s{seed}"
+        return self._load(model, rng, seed, lr, wd, epochs, name)
+
+    def base(self):
+        """The protocol's config without a run: for its data and evaluation sections."""
+        return self._load("clerf", "full", 0, 1e-3, 0.0, 1, "unnamed")
+
+    def _load(self, model, rng, seed, lr, wd, epochs, name):
+        from clerf_ray.config import load_config
+
         return load_config(
             None,
             [
@@ -413,6 +419,7 @@ class Table:
             res = run_recipe(cfg)
             rec["train_s"] = res.timings["pretrain_s"] + res.timings["head_s"]
             rec["head_s"] = res.timings["head_s"]
+            # RecipeResult keeps no history; the run logged every epoch's metrics.
             history = MlflowClient(res.tracking_uri).get_metric_history(
                 res.run_id, "pretrain/epoch_s"
             )
@@ -420,10 +427,7 @@ class Table:
         else:
             res = train_baseline(cfg, model_name="clerf-baseline", register=False)
             rec["train_s"] = res.timings["train_s"]
-            history = MlflowClient(res.tracking_uri).get_metric_history(
-                res.run_id, "baseline/epoch_s"
-            )
-            rec["epoch_s"] = float(np.median([h.value for h in history]))
+            rec["epoch_s"] = float(np.median([h["epoch_s"] for h in res.history]))
         rec["mlflow_run_id"] = res.run_id
         return self.load(res.run_id), rec
 
@@ -444,8 +448,7 @@ class Table:
         (``eval.identities``), rendered once with fixed seeds."""
         from clerf_ray.evaluate.test_sets import EvalSet, heldout_renders, make_variant
 
-        base = self.config("clerf", "full", 0, 1e-3, 0.0, 1)
-        self.count -= 1  # a config for its data section only, not a run
+        base = self.base()
 
         def render(name, identities, seed, n, rng):
             poses = {
@@ -510,9 +513,7 @@ def _renderer_figure() -> dict[str, Any]:
     """The procedural renderer's images/s at 64 px on one thread (bench_render's measure)."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_render import bench
-
+    bench = _sibling("bench_render").bench
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -545,7 +546,6 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
     def scored(model, point, n_epochs):
         pose_model, rec = table.train(model, "full", seed0, point["lr"], point["wd"], n_epochs)
         rec["val_median"] = _evaluate(pose_model, val)["geodesic_median"]
-        rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
         _log(f"{rec['run_name']}: validation median {rec['val_median']:.1f} deg")
         return rec
 
@@ -584,6 +584,10 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
                 rec = scored(model, point, epochs[model])
             search[model].append(rec)
     chosen = {k: min(pts, key=lambda p: p["val_median"]) for k, pts in search.items()}
+    # Only a chosen point's run is a cell of the table (full range, first seed): test it alone.
+    for rec in chosen.values():
+        pose_model = table.load(rec["mlflow_run_id"])
+        rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
 
     # Every cell: chosen settings, each range and seed (the search's full-range, first-seed
     # run of the chosen point is that cell's first seed: it is not trained twice).
@@ -607,8 +611,8 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
     report = {
         "machine": machine,
         "settings": {
-            **{k: v for k, v in settings.items()},
-            "num_pairs": table.config("clerf", "full", 0, 1e-3, 0.0, 1).data.num_pairs,
+            **settings,
+            "num_pairs": table.base().data.num_pairs,
             "user_overrides": user_overrides,
         },
         "grid": grid,
