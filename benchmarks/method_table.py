@@ -84,7 +84,7 @@ METRICS = {
 
 # The settings of a run of the whole table and of --quick; command-line options override them.
 FULL = {
-    "epochs": 3,
+    "epochs": 6,
     "seeds": [0, 1, 2],
     "lr": [1e-3, 4e-3],
     "wd": [0.01, 0.1],
@@ -543,10 +543,17 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
     calibration: dict[str, Any] = {}
     epochs = {"clerf": settings["epochs"]}
 
+    def keep(rec):
+        # Every finished run is appended as it lands, so that a table stopped part-way (a
+        # crash, a killed job) still leaves its figures behind.
+        with open(work / "runs.jsonl", "a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+
     def scored(model, point, n_epochs):
         pose_model, rec = table.train(model, "full", seed0, point["lr"], point["wd"], n_epochs)
         rec["val_median"] = _evaluate(pose_model, val)["geodesic_median"]
         _log(f"{rec['run_name']}: validation median {rec['val_median']:.1f} deg")
+        keep(rec)
         return rec
 
     # The search: every grid point of every model, full range, first seed. CLERF first: its
@@ -588,6 +595,7 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
     for rec in chosen.values():
         pose_model = table.load(rec["mlflow_run_id"])
         rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
+        keep(rec)
 
     # Every cell: chosen settings, each range and seed (the search's full-range, first-seed
     # run of the chosen point is that cell's first seed: it is not trained twice).
@@ -600,6 +608,7 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
                     continue
                 pose_model, rec = table.train(model, rng, seed, ch["lr"], ch["wd"], epochs[model])
                 rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
+                keep(rec)
                 records.append(rec)
                 med = rec["test"]["full"]["geodesic_median"]
                 _log(f"{rec['run_name']}: full-range test median {med:.1f} deg")
@@ -646,7 +655,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="a smoke run of under 10 minutes")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick 0)")
-    ap.add_argument("--epochs", type=int, help="CLERF's pretraining epochs (default 3)")
+    ap.add_argument("--epochs", type=int, help="CLERF's pretraining epochs (default 6)")
     ap.add_argument("--lr", type=float, nargs="+", help="the learning-rate grid")
     ap.add_argument("--wd", type=float, nargs="+", help="the weight-decay grid")
     ap.add_argument("--ranges", nargs="+", choices=sorted(RANGES), help="training ranges")
