@@ -7,6 +7,7 @@ Usage::
     python benchmarks/method_table.py              # the full table (about 2 h on 2 cores)
     python benchmarks/method_table.py --quick      # smoke run: tiny, full range, one seed (8 min here)
     python benchmarks/method_table.py --seeds 0 1 2 --epochs 4 model.backbone=resnet18
+    python benchmarks/method_table.py --labelled data/aflw2000   # on a labelled set (below)
 
 The protocol (arXiv 2412.02066, Section 4, on procedural heads instead of photographs):
 
@@ -40,8 +41,18 @@ The protocol (arXiv 2412.02066, Section 4, on procedural heads instead of photog
   gives the mean over seeds and the spread (min-max) of the geodesic median and mean and the
   Euler MAE.
 
-Runs go to ``--work`` (default ``method_table_runs/<date-time>``): Ray Train checkpoints and a
-sqlite MLflow store holding every run. The table is rerun in a new folder each time, because a
+**On a labelled set** (``--labelled PATH``, a labelled Parquet set such as ``jobs/prepare_data.py``
+writes): the set is split by image (seeded) into 70% train, 10% validation and 20% test. The one
+training range is the set's own poses: CLERF pretrains on its training images as real anchors
+with procedural positives rendered at their poses (``data.source=real_anchor``) and trains its
+head on the same images (``head.labelled_path``); both baselines train on the same images. The
+search scores on the validation split; the tests are the test split (MAE against the set's own
+Euler angles) and its SA and FA variants. The outputs default to
+``benchmarks/results/method_table-labelled.{md,json}``, leaving ``BENCHMARKS.md`` to the renders.
+
+Runs go to ``--work`` (default ``method_table_runs/<date-time>``): Ray Train checkpoints, a
+sqlite MLflow store holding every run, and ``runs.jsonl`` with each finished run's record as it
+lands (what is left of a table stopped part-way). The table is rerun in a new folder each time, because a
 Ray Train run whose name and storage already hold a checkpoint resumes it.
 """
 
@@ -76,6 +87,12 @@ RANGES = {
     "full": ["data.poses=so3"],
 }
 TEST_SETS = ("standard", "SA", "FA", "full")
+# With --labelled: the training range is the set's own poses; the tests are its test split and
+# that split's SA and FA variants (no full-range photographs exist to test on).
+LABELLED_TEST_SETS = ("standard", "SA", "FA")
+# Shares of a labelled set's images held out, by image, for validation and test (the rest trains).
+LABELLED_SPLIT = {"val": 0.1, "test": 0.2}
+LABELLED_SPLIT_SEED = 8001
 METRICS = {
     "geodesic_median": "geodesic error, median (deg)",
     "geodesic_mean": "geodesic error, mean (deg)",
@@ -195,14 +212,16 @@ def _cell(c: dict[str, float] | None) -> str:
     return f"{c['mean']:.1f} ({c['min']:.1f}-{c['max']:.1f})"
 
 
-def claim_paragraph(agg: dict[str, Any], ranges: list[str]) -> str:
+def claim_paragraph(
+    agg: dict[str, Any], ranges: list[str], test_sets: tuple[str, ...] | list[str] = TEST_SETS
+) -> str:
     """What the table says about the paper's claim, from the verdicts on the geodesic median:
     on par on the standard range, better on SA, FA and the full range."""
     cells = agg["cells"]
     lines = []
     for rng in ranges:
         parts = []
-        for test in TEST_SETS:
+        for test in test_sets:
             c = cells.get(f"{rng}|clerf|{test}|geodesic_median")
             bs = [
                 cells.get(f"{rng}|{m}|{test}|geodesic_median") for m in ("baseline", "baseline+fa")
@@ -233,6 +252,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The BENCHMARKS.md sections of a report (see :func:`main`)."""
     s, agg = report["settings"], report["aggregate"]
     m = report["machine"]
+    tests = s.get("test_sets", TEST_SETS)
+    lab = s.get("labelled")
     out = [
         "## Method table: CLERF against supervised baselines",
         "",
@@ -248,8 +269,16 @@ def markdown(report: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "The models learn the project's procedural heads, not photographs; the protocol is in "
-        "the docstring of `benchmarks/method_table.py`.",
+        (
+            f"Trained and tested on the labelled set `{lab['source']}` ({lab['rows']} images, "
+            f"split by image with seed {lab['seed']}: {lab['counts']['train']} train, "
+            f"{lab['counts']['val']} validation, {lab['counts']['test']} test); CLERF's "
+            "positives are procedural renders at the anchors' poses. The protocol is in the "
+            "docstring of `benchmarks/method_table.py`."
+            if lab
+            else "The models learn the project's procedural heads, not photographs; the protocol "
+            "is in the docstring of `benchmarks/method_table.py`."
+        ),
         "",
         "**Budget.** " + budget_sentence(report) + " Mean training wall time per run (pool and "
         "stages, not the evaluation):",
@@ -262,9 +291,14 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(f"| {rng} | " + " | ".join(row) + " |")
     out += [
         "",
-        "**Searched settings.** The grid, each point trained once on the full range (seed "
-        f"{s['seeds'][0]}), scored on {s['val_samples']} validation renders of identities outside "
-        "training and test (median geodesic error, deg):",
+        "**Searched settings.** The grid, each point trained once on the "
+        f"{s.get('search_range', 'full')} range (seed {s['seeds'][0]}), scored on "
+        + (
+            f"the {lab['counts']['val']} validation images (disjoint from training and test)"
+            if lab
+            else f"{s['val_samples']} validation renders of identities outside training and test"
+        )
+        + " (median geodesic error, deg):",
         "",
         "| model | "
         + " | ".join(f"lr {p['lr']:g}, wd {p['wd']:g}" for p in report["grid"])
@@ -281,16 +315,21 @@ def markdown(report: dict[str, Any]) -> str:
         for rng in s["ranges"]:
             out += [
                 "",
-                f"**Trained on the {rng} range: {label}**, {s['test_samples']} test renders per "
-                f"set; mean over {n} seed{'s' if n > 1 else ''}"
+                f"**Trained on the {rng} range: {label}**, "
+                + (
+                    f"{lab['counts']['test']} test images"
+                    if lab
+                    else f"{s['test_samples']} test renders"
+                )
+                + f" per set; mean over {n} seed{'s' if n > 1 else ''}"
                 + (" (min-max)" if n > 1 else "")
                 + ":",
                 "",
-                "| model | " + " | ".join(TEST_SETS) + " |",
-                "|---|" + "---:|" * len(TEST_SETS),
+                "| model | " + " | ".join(tests) + " |",
+                "|---|" + "---:|" * len(tests),
             ]
             for k in MODELS:
-                cells = [_cell(agg["cells"].get(f"{rng}|{k}|{t}|{name}")) for t in TEST_SETS]
+                cells = [_cell(agg["cells"].get(f"{rng}|{k}|{t}|{name}")) for t in tests]
                 out.append(f"| {k} | " + " | ".join(cells) + " |")
     out += ["", "**What it shows.** " + report["claim"], ""]
     perf = report.get("performance")
@@ -356,6 +395,8 @@ class Table:
 
     def __init__(self, settings: dict[str, Any], work: Path, user_overrides: list[str]):
         self.s, self.work, self.user = settings, work, user_overrides
+        # With --labelled: the split's folders (split_labelled), else None.
+        self.labelled = (settings.get("labelled") or {}).get("paths")
         self.uri = f"sqlite:///{work / 'mlflow.db'}"
         self.count = 0
 
@@ -367,7 +408,22 @@ class Table:
 
     def base(self):
         """The protocol's config without a run: for its data and evaluation sections."""
-        return self._load("clerf", "full", 0, 1e-3, 0.0, 1, "unnamed")
+        return self._load("clerf", self.s["ranges"][-1], 0, 1e-3, 0.0, 1, "unnamed")
+
+    def _range(self, rng: str) -> list[str]:
+        if rng != "labelled":
+            return RANGES[rng]
+        if not self.labelled:
+            raise ValueError("the labelled range needs --labelled PATH")
+        # CLERF: the training images as real anchors (positives rendered at their poses, so the
+        # poses are the set's own) and as the head's labelled images; the baselines read the
+        # same images (Table.train).
+        train = self.labelled["train"]
+        return [
+            "data.source=real_anchor",
+            f"data.labelled_path={train}",
+            f"head.labelled_path={train}",
+        ]
 
     def _load(self, model, rng, seed, lr, wd, epochs, name):
         from clerf_ray.config import load_config
@@ -377,7 +433,7 @@ class Table:
             [
                 *self.user,
                 *self.s["overrides"],
-                *RANGES[rng],
+                *self._range(rng),
                 "data.pool=true",
                 f"data.augment={'none' if model == 'baseline' else 'fa'}",
                 f"seed={seed}",
@@ -425,7 +481,12 @@ class Table:
             )
             rec["epoch_s"] = float(np.median([h.value for h in history]))
         else:
-            res = train_baseline(cfg, model_name="clerf-baseline", register=False)
+            res = train_baseline(
+                cfg,
+                model_name="clerf-baseline",
+                labelled_path=self.labelled["train"] if rng == "labelled" else None,
+                register=False,
+            )
             rec["train_s"] = res.timings["train_s"]
             rec["epoch_s"] = float(np.median([h["epoch_s"] for h in res.history]))
         rec["mlflow_run_id"] = res.run_id
@@ -445,8 +506,24 @@ class Table:
 
     def sets(self) -> tuple[Any, dict[str, Any]]:
         """The validation set (full range, ``tune.val_identities``) and the test sets
-        (``eval.identities``), rendered once with fixed seeds."""
-        from clerf_ray.evaluate.test_sets import EvalSet, heldout_renders, make_variant
+        (``eval.identities``), rendered once with fixed seeds; with --labelled, the split's
+        validation and test images and the test images' SA and FA variants."""
+        from clerf_ray.evaluate.test_sets import (
+            EvalSet,
+            heldout_renders,
+            load_parquet_set,
+            make_variant,
+        )
+
+        if self.labelled:
+            size = self.base().data.image_size
+            val = load_parquet_set(self.labelled["val"], size)
+            standard = load_parquet_set(self.labelled["test"], size)
+            return val, {
+                "standard": standard,
+                "SA": make_variant(standard, "sa", seed=7004),
+                "FA": make_variant(standard, "fa", seed=7005),
+            }
 
         base = self.base()
 
@@ -481,9 +558,53 @@ class Table:
 
 
 def _evaluate(model, evalset) -> dict[str, float]:
-    from clerf_ray.evaluate import evaluate_model
+    from clerf_ray.evaluate.metrics import predict, summarize
 
-    return evaluate_model(model, evalset.images, evalset.R)
+    # A labelled set's own Euler angles are the MAE's reference where it has them (as the
+    # peers compare); renders and SA/FA variants use their labels' angles.
+    return summarize(predict(model, evalset.images), evalset.R, evalset.euler)
+
+
+def split_labelled(path: str, out: Path, seed: int = LABELLED_SPLIT_SEED) -> dict[str, Any]:
+    """Split a labelled Parquet set by image into train, validation and test sets (shares
+    ``LABELLED_SPLIT``, a seeded permutation), written under ``out`` as labelled sets of their
+    own (``out/train``, ``out/val``, ``out/test``).
+
+    Raises:
+        ValueError: too few images for every split to hold one.
+    """
+    from clerf_ray.data.schema import load_labelled
+    from clerf_ray.data.shards import write_shards
+
+    table = load_labelled(path)
+    n = table.num_rows
+    n_test = round(n * LABELLED_SPLIT["test"])
+    n_val = round(n * LABELLED_SPLIT["val"])
+    if min(n_test, n_val, n - n_test - n_val) < 1:
+        raise ValueError(
+            f"--labelled {path!r}: {n} images are too few to split into train, validation and test"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    parts = {
+        "train": order[n_test + n_val :],
+        "val": order[n_test : n_test + n_val],
+        "test": order[:n_test],
+    }
+    paths = {}
+    for name, idx in parts.items():
+        paths[name] = str(out / name)
+        write_shards(
+            table.take(np.sort(idx)),
+            paths[name],
+            report={"kind": "labelled", "split_of": path, "split": name, "seed": seed},
+        )
+    return {
+        "source": path,
+        "rows": n,
+        "seed": seed,
+        "counts": {k: len(v) for k, v in parts.items()},
+        "paths": paths,
+    }
 
 
 def _training_figures() -> dict[str, Any] | None:
@@ -537,6 +658,7 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
         + ", ".join(f"{k} {len(v)}" for k, v in tests.items())
     )
     seed0 = settings["seeds"][0]
+    search_range = settings["search_range"]
     grid = [{"lr": lr, "wd": wd} for lr in settings["lr"] for wd in settings["wd"]]
     records: list[dict[str, Any]] = []
     search: dict[str, list[dict[str, Any]]] = {k: [] for k in MODELS}
@@ -550,13 +672,15 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
             f.write(json.dumps(rec, default=str) + "\n")
 
     def scored(model, point, n_epochs):
-        pose_model, rec = table.train(model, "full", seed0, point["lr"], point["wd"], n_epochs)
+        pose_model, rec = table.train(
+            model, search_range, seed0, point["lr"], point["wd"], n_epochs
+        )
         rec["val_median"] = _evaluate(pose_model, val)["geodesic_median"]
         _log(f"{rec['run_name']}: validation median {rec['val_median']:.1f} deg")
         keep(rec)
         return rec
 
-    # The search: every grid point of every model, full range, first seed. CLERF first: its
+    # The search: every grid point of every model, full (or labelled) range, first seed. CLERF first: its
     # first run sets the budget; each baseline's first run measures its epoch time.
     for model in MODELS:
         for i, point in enumerate(grid):
@@ -591,27 +715,28 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
                 rec = scored(model, point, epochs[model])
             search[model].append(rec)
     chosen = {k: min(pts, key=lambda p: p["val_median"]) for k, pts in search.items()}
-    # Only a chosen point's run is a cell of the table (full range, first seed): test it alone.
+    # Only a chosen point's run is a cell of the table (search range, first seed): test it alone.
     for rec in chosen.values():
         pose_model = table.load(rec["mlflow_run_id"])
         rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
         keep(rec)
 
-    # Every cell: chosen settings, each range and seed (the search's full-range, first-seed
-    # run of the chosen point is that cell's first seed: it is not trained twice).
+    # Every cell: chosen settings, each range and seed (the search's first-seed run of the
+    # chosen point is that cell's first seed: it is not trained twice).
     for rng in settings["ranges"]:
         for seed in settings["seeds"]:
             for model in MODELS:
                 ch = chosen[model]
-                if rng == "full" and seed == seed0:
+                if rng == search_range and seed == seed0:
                     records.append(ch)
                     continue
                 pose_model, rec = table.train(model, rng, seed, ch["lr"], ch["wd"], epochs[model])
                 rec["test"] = {k: _evaluate(pose_model, v) for k, v in tests.items()}
                 keep(rec)
                 records.append(rec)
-                med = rec["test"]["full"]["geodesic_median"]
-                _log(f"{rec['run_name']}: full-range test median {med:.1f} deg")
+                last = list(tests)[-1]
+                med = rec["test"][last]["geodesic_median"]
+                _log(f"{rec['run_name']}: {last} test median {med:.1f} deg")
 
     agg = aggregate(records)
     ray.shutdown()
@@ -621,7 +746,11 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
         "machine": machine,
         "settings": {
             **settings,
-            "num_pairs": table.base().data.num_pairs,
+            "num_pairs": (
+                settings["labelled"]["counts"]["train"]
+                if settings.get("labelled")
+                else table.base().data.num_pairs
+            ),
             "user_overrides": user_overrides,
         },
         "grid": grid,
@@ -642,7 +771,7 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
         "chosen": {k: {"lr": p["lr"], "wd": p["wd"]} for k, p in chosen.items()},
         "records": records,
         "aggregate": agg,
-        "claim": claim_paragraph(agg, settings["ranges"]),
+        "claim": claim_paragraph(agg, settings["ranges"], settings["test_sets"]),
         "performance": {"renderer": renderer, "training": _training_figures()},
         "wall_s": time.monotonic() - t_start,
     }
@@ -662,6 +791,15 @@ def main(argv=None) -> int:
     ap.add_argument("--test-samples", type=int, help="renders per test set")
     ap.add_argument("--work", type=Path, help="runs folder (default method_table_runs/<time>)")
     ap.add_argument(
+        "--labelled",
+        metavar="PATH",
+        help="a labelled Parquet set (jobs/prepare_data.py's output, local or s3://), split by "
+        "image into train, validation and test: CLERF trains on its training images as real "
+        "anchors with rendered positives, the baselines on the same images; the tests are the "
+        "test split and its SA and FA variants (default outputs: "
+        "benchmarks/results/method_table-labelled.{md,json})",
+    )
+    ap.add_argument(
         "--md",
         type=Path,
         default=None,
@@ -680,8 +818,14 @@ def main(argv=None) -> int:
     for key in ("seeds", "epochs", "lr", "wd", "ranges", "test_samples"):
         if getattr(ns, key) is not None:
             settings[key] = getattr(ns, key)
-    if "full" not in settings["ranges"]:
-        ap.error("--ranges must include full: the search trains on the full range")
+    if ns.labelled:
+        if ns.ranges:
+            ap.error("--ranges and --labelled exclude each other: a labelled set has its own poses")
+        settings.update(ranges=["labelled"], search_range="labelled", test_sets=LABELLED_TEST_SETS)
+    else:
+        if "full" not in settings["ranges"]:
+            ap.error("--ranges must include full: the search trains on the full range")
+        settings.update(search_range="full", test_sets=TEST_SETS)
     work = ns.work or Path("method_table_runs") / time.strftime("%Y%m%d-%H%M%S")
     if work.exists() and any(work.iterdir()):
         ap.error(f"--work {work} is not empty: a rerun there would resume its runs' checkpoints")
@@ -692,17 +836,25 @@ def main(argv=None) -> int:
     from clerf_ray.preflight import check_config
 
     try:
+        if ns.labelled:
+            # Split first (pyarrow, no Ray), so that the runs' configs name real folders.
+            settings["labelled"] = split_labelled(ns.labelled, work / "labelled")
+            _log(f"split {ns.labelled}: {settings['labelled']['counts']}")
         for model in MODELS:
             check_config(
-                Table(settings, work, ns.overrides).config(model, "standard", 0, 1e-3, 0.0, 1)
+                Table(settings, work, ns.overrides).config(
+                    model, settings["ranges"][0], 0, 1e-3, 0.0, 1
+                )
             )
-    except ConfigError as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = run_table(settings, work, ns.overrides)
-    md_path = ns.md or (work / "BENCHMARKS.md" if ns.quick else ROOT / "BENCHMARKS.md")
+    stem = "method_table-labelled" if ns.labelled else "method_table"
+    md_default = ROOT / f"benchmarks/results/{stem}.md" if ns.labelled else ROOT / "BENCHMARKS.md"
+    md_path = ns.md or (work / "BENCHMARKS.md" if ns.quick else md_default)
     json_path = ns.json or (
-        work / "method_table.json" if ns.quick else ROOT / "benchmarks/results/method_table.json"
+        work / f"{stem}.json" if ns.quick else ROOT / f"benchmarks/results/{stem}.json"
     )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +156,157 @@ def test_the_markdown_holds_every_cell_and_the_budget(mt):
     assert md.count("**Trained on the") == 6  # 3 metrics x 2 ranges
     # CLERF's 10-12 against baseline+fa's 20-22: better on every set of both ranges.
     assert report["claim"].count("better (11.0 against 21.0 deg)") == 8
+
+
+def _labelled_set(path, n):
+    """A labelled set of n tiny images, each image's pixels and angles unique to its row (the
+    stored angles are not the label's own, as in real sets)."""
+    from clerf_ray.data.schema import make_row
+    from clerf_ray.data.shards import write_shards
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        w, x, y, z = q
+        R = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
+        image = np.full((8, 8, 3), i % 256, dtype=np.uint8)
+        image[0, 0] = (i // 256, 7, 9)
+        rows.append(
+            make_row(
+                image,
+                R,
+                file=f"img-{i:04d}.jpg",
+                dataset="test",
+                euler_deg=(float(i), -float(i), 0.5),
+                image_format="png",
+            )
+        )
+    write_shards(rows, str(path), shard_rows=7)
+
+
+def test_a_labelled_set_splits_by_image_into_disjoint_train_val_test(mt, tmp_path):
+    from clerf_ray.data.schema import load_labelled
+
+    _labelled_set(tmp_path / "src", 41)
+    split = mt.split_labelled(str(tmp_path / "src"), tmp_path / "split", seed=5)
+    # round(41 x 0.2) = 8 test, round(41 x 0.1) = 4 validation, the remaining 29 train.
+    assert split["counts"] == {"train": 29, "val": 4, "test": 8}
+    files = {k: load_labelled(p).column("file").to_pylist() for k, p in split["paths"].items()}
+    assert {k: len(v) for k, v in files.items()} == split["counts"]
+    every = [f for v in files.values() for f in v]
+    assert sorted(every) == [f"img-{i:04d}.jpg" for i in range(41)]  # each image once
+    # Rows travel whole: each row's angles are still its own.
+    test = load_labelled(split["paths"]["test"])
+    for f, e in zip(
+        test.column("file").to_pylist(), test.column("euler_deg").to_pylist(), strict=True
+    ):
+        i = int(f[4:8])
+        assert e == pytest.approx([i, -i, 0.5])
+    # The split depends on the seed alone.
+    again = mt.split_labelled(str(tmp_path / "src"), tmp_path / "again", seed=5)
+    other = mt.split_labelled(str(tmp_path / "src"), tmp_path / "other", seed=6)
+    test_files = lambda s: load_labelled(s["paths"]["test"]).column("file").to_pylist()  # noqa: E731
+    assert test_files(again) == files["test"]
+    assert test_files(other) != files["test"]
+    _labelled_set(tmp_path / "tiny", 3)  # 1 test image, 0 validation: refused
+    with pytest.raises(ValueError, match="too few"):
+        mt.split_labelled(str(tmp_path / "tiny"), tmp_path / "tiny-split")
+
+
+def test_labelled_runs_read_the_training_split_and_differ_only_in_augmentation(mt, tmp_path):
+    paths = {k: str(tmp_path / k) for k in ("train", "val", "test")}
+    settings = {
+        **mt.FULL,
+        "quick": False,
+        "ranges": ["labelled"],
+        "search_range": "labelled",
+        "test_sets": mt.LABELLED_TEST_SETS,
+        "labelled": {"paths": paths, "counts": {"train": 29, "val": 4, "test": 8}},
+    }
+    table = mt.Table(settings, tmp_path, [])
+    cfgs = {m: table.config(m, "labelled", 1, 2e-3, 0.02, 4) for m in mt.MODELS}
+    c = cfgs["clerf"]
+    assert c.data.source == "real_anchor"
+    assert c.data.labelled_path == paths["train"] and c.head.labelled_path == paths["train"]
+    assert {m: c.data.augment for m, c in cfgs.items()} == {
+        "clerf": "fa",
+        "baseline": "none",
+        "baseline+fa": "fa",
+    }
+    dumps = {m: c.model_dump(mode="json") for m, c in cfgs.items()}
+    for d in dumps.values():
+        d["data"].pop("augment")
+        d.pop("run_name")
+    assert dumps["clerf"] == dumps["baseline"] == dumps["baseline+fa"]
+    # Without a split the labelled range cannot be built.
+    with pytest.raises(ValueError, match="--labelled"):
+        mt.Table({**mt.FULL, "quick": False}, tmp_path, []).config("clerf", "labelled", 0, 1, 0, 1)
+
+
+def test_the_labelled_markdown_has_the_split_and_no_full_range_column(mt):
+    records = []
+    for seed in (0, 1):
+        for model, v in (("clerf", 10.0), ("baseline", 30.0), ("baseline+fa", 20.0)):
+            rec = _record("labelled", model, seed, v + seed, v + 5, v / 2)
+            rec["test"].pop("full")
+            records.append(rec)
+    agg = mt.aggregate(records)
+    lab = {
+        "source": "/data/aflw2000",
+        "rows": 41,
+        "seed": 8001,
+        "counts": {"train": 29, "val": 4, "test": 8},
+        "paths": {},
+    }
+    report = {
+        "settings": {
+            **mt.FULL,
+            "quick": False,
+            "seeds": [0, 1],
+            "num_pairs": 29,
+            "ranges": ["labelled"],
+            "search_range": "labelled",
+            "test_sets": list(mt.LABELLED_TEST_SETS),
+            "labelled": lab,
+        },
+        "machine": {
+            "date": "2026-12-02 04:00",
+            "git_sha": "abc1234",
+            "cpus": 2,
+            "python": "3.11.7",
+            "torch": "2.14.1",
+            "ray": "2.60.0",
+            "timm": "1.0.31",
+            "load_average_start": (1.0, 1.0, 1.0),
+            "load_average_end": (2.0, 2.0, 2.0),
+        },
+        "wall_s": 600.0,
+        "epochs": {"clerf": 3, "baseline": 5, "baseline+fa": 4},
+        "calibration": {
+            "clerf": {"epoch_s": 5.0, "head_s": 10.0, "budget_s": 25.0},
+            "baseline": {"epoch_s": 5.0, "first_guess": 5},
+            "baseline+fa": {"epoch_s": 6.0, "first_guess": 5},
+        },
+        "grid": [{"lr": 1e-3, "wd": 0.01}],
+        "search": {m: [{"val_median": 20.0}] for m in mt.MODELS},
+        "chosen": {m: {"lr": 1e-3, "wd": 0.01} for m in mt.MODELS},
+        "aggregate": agg,
+        "claim": mt.claim_paragraph(agg, ["labelled"], mt.LABELLED_TEST_SETS),
+    }
+    md = mt.markdown(report)
+    assert "`/data/aflw2000` (41 images" in md and "29 train, 4 validation, 8 test" in md
+    assert "each point trained once on the labelled range" in md
+    assert "the 4 validation images" in md and "8 test images per set" in md
+    assert "| model | standard | SA | FA |" in md and "| full |" not in md
+    # Whole rows: three test columns, nothing after them.
+    assert "| clerf | 10.5 (10.0-11.0) | 10.5 (10.0-11.0) | 10.5 (10.0-11.0) |" in md.splitlines()
+    assert "procedural heads, not photographs" not in md
+    assert report["claim"].count("better (10.5 against 20.5 deg)") == 3
