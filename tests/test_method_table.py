@@ -108,14 +108,9 @@ def test_verdicts_need_seed_ranges_that_do_not_overlap(mt):
     assert mt.verdict(clerf, [_c([30.0])]) == "one seed"
 
 
-def test_the_markdown_holds_every_cell_and_the_budget(mt):
-    records = []
-    for seed, (c, b, f) in enumerate([(10.0, 30.0, 20.0), (12.0, 34.0, 22.0)]):
-        for model, v in (("clerf", c), ("baseline", b), ("baseline+fa", f)):
-            for rng in ("standard", "full"):
-                records.append(_record(rng, model, seed, v, v + 5, v / 2))
-    agg = mt.aggregate(records)
-    report = {
+def _report(mt, agg):
+    """A full-table report around ``agg`` (two seeds, both ranges)."""
+    return {
         "settings": {
             **mt.FULL,
             "quick": False,
@@ -146,6 +141,11 @@ def test_the_markdown_holds_every_cell_and_the_budget(mt):
         "aggregate": agg,
         "claim": mt.claim_paragraph(agg, ["standard", "full"]),
     }
+
+
+def test_the_markdown_holds_every_cell_and_the_budget(mt):
+    agg = mt.aggregate(_markdown_records())
+    report = _report(mt, agg)
     md = mt.markdown(report)
     assert "CLERF pretrains 3 epochs of 2048 pooled pairs (50.0 s each" in md
     assert "(100 s): 250 s per run" in md
@@ -156,6 +156,47 @@ def test_the_markdown_holds_every_cell_and_the_budget(mt):
     assert md.count("**Trained on the") == 6  # 3 metrics x 2 ranges
     # CLERF's 10-12 against baseline+fa's 20-22: better on every set of both ranges.
     assert report["claim"].count("better (11.0 against 21.0 deg)") == 8
+    # baseline+fa's epochs took 62.5 / 50 = 1.25 times CLERF's: said, with the epochs it lost;
+    # baseline's took as long as CLERF's: nothing said of it.
+    assert "`baseline+fa`'s epochs took 1.25 times CLERF's on the same images (4 epochs in" in md
+    assert "instead of 5)" in md and "`baseline`'s epochs" not in md
+
+
+def _markdown_records():
+    records = []
+    for seed, (c, b, f) in enumerate([(10.0, 30.0, 20.0), (12.0, 34.0, 22.0)]):
+        for model, v in (("clerf", c), ("baseline", b), ("baseline+fa", f)):
+            for rng in ("standard", "full"):
+                records.append(_record(rng, model, seed, v, v + 5, v / 2))
+    return records
+
+
+def test_a_saved_report_is_rewritten_with_first_guesses_from_the_runs_file(mt, tmp_path):
+    import json
+
+    report = _report(mt, mt.aggregate(_markdown_records()))
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(report))
+    work = tmp_path / "work"
+    work.mkdir()
+    run = {"range": "full", "seed": 0, "lr": 1e-3, "wd": 0.01}
+    lines = [
+        {**run, "model": "baseline+fa", "epochs": 4, "val_median": 99.0},  # not the first guess
+        {**run, "model": "baseline+fa", "seed": 1, "epochs": 5, "val_median": 98.0},  # seed
+        {**run, "model": "baseline+fa", "lr": 4e-3, "epochs": 5, "val_median": 97.0},  # point
+        {**run, "model": "baseline+fa", "epochs": 5, "val_median": 41.5},  # this one
+        {**run, "model": "baseline+fa", "epochs": 5, "val_median": 12.0},  # a later one
+    ]
+    (work / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md, out = tmp_path / "B.md", tmp_path / "B.json"
+    args = ["--from-json", str(saved), "--work", str(work), "--md", str(md), "--json", str(out)]
+    assert mt.main(args) == 0
+    rewritten = json.loads(out.read_text())
+    assert rewritten["calibration"]["baseline+fa"]["first_guess_val_median"] == 41.5
+    assert "first_guess_val_median" not in rewritten["calibration"]["baseline"]  # none in file
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\n## Method table")
+    assert "its first run, at 5 epochs with the grid's first point, scored 41.5 deg" in text
 
 
 def _labelled_set(path, n):
