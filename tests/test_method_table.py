@@ -307,41 +307,15 @@ def test_the_labelled_markdown_has_the_split_and_no_full_range_column(mt):
         "counts": {"train": 29, "val": 4, "test": 8},
         "paths": {},
     }
-    report = {
-        "settings": {
-            **mt.FULL,
-            "quick": False,
-            "seeds": [0, 1],
-            "num_pairs": 29,
-            "ranges": ["labelled"],
-            "search_range": "labelled",
-            "test_sets": list(mt.LABELLED_TEST_SETS),
-            "labelled": lab,
-        },
-        "machine": {
-            "date": "2026-12-02 04:00",
-            "git_sha": "abc1234",
-            "cpus": 2,
-            "python": "3.11.7",
-            "torch": "2.14.1",
-            "ray": "2.60.0",
-            "timm": "1.0.31",
-            "load_average_start": (1.0, 1.0, 1.0),
-            "load_average_end": (2.0, 2.0, 2.0),
-        },
-        "wall_s": 600.0,
-        "epochs": {"clerf": 3, "baseline": 5, "baseline+fa": 4},
-        "calibration": {
-            "clerf": {"epoch_s": 5.0, "head_s": 10.0, "budget_s": 25.0},
-            "baseline": {"epoch_s": 5.0, "first_guess": 5},
-            "baseline+fa": {"epoch_s": 6.0, "first_guess": 5},
-        },
-        "grid": [{"lr": 1e-3, "wd": 0.01}],
-        "search": {m: [{"val_median": 20.0}] for m in mt.MODELS},
-        "chosen": {m: {"lr": 1e-3, "wd": 0.01} for m in mt.MODELS},
-        "aggregate": agg,
-        "claim": mt.claim_paragraph(agg, ["labelled"], mt.LABELLED_TEST_SETS),
-    }
+    report = _report(mt, agg)
+    report["settings"].update(
+        num_pairs=29,
+        ranges=["labelled"],
+        search_range="labelled",
+        test_sets=list(mt.LABELLED_TEST_SETS),
+        labelled=lab,
+    )
+    report["claim"] = mt.claim_paragraph(agg, ["labelled"], mt.LABELLED_TEST_SETS)
     md = mt.markdown(report)
     assert "`/data/aflw2000` (41 images" in md and "29 train, 4 validation, 8 test" in md
     assert "each point trained once on the labelled range" in md
