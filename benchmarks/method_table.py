@@ -204,6 +204,11 @@ def budget_sentence(report: dict[str, Any]) -> str:
     )
 
 
+# How this script's baselines read their images (clerf_ray.runs.baseline), kept in each report:
+# pretraining's pair stream, one dataset per run, augmented on the Ray Train worker.
+BASELINE_INPUT = "pretrain_inputs"
+
+
 def epoch_time_sentence(report: dict[str, Any]) -> str:
     """Where a baseline's epochs on the same images took more than 10% longer than CLERF's: by
     how much, the epochs it would have had at CLERF's epoch time, and what its first run (at
@@ -230,15 +235,18 @@ def epoch_time_sentence(report: dict[str, Any]) -> str:
         parts.append(part + ")")
     if not parts:
         return ""
-    # The cause below is this commit's (clerf_ray.train.supervised against
-    # clerf_ray.data.pairs.pretrain_inputs): change it with the baseline's input pipeline.
-    return (
-        "The budget is wall-clock, so input pipelines count: "
-        + "; ".join(parts)
-        + ". The baselines' stream starts a Ray Data dataset per epoch and augments in Ray Data "
-        "tasks that share the cores with training, where CLERF's reads one dataset per run and "
-        "augments on its worker."
-    )
+    if report.get("baseline_input") == BASELINE_INPUT:
+        cause = (
+            "The baselines read CLERF's pair stream (one dataset per run, augmented on the "
+            "worker), so the difference lies in their training steps."
+        )
+    else:  # reports of runs before the baseline read pretraining's stream (580ff47 and older)
+        cause = (
+            "The baselines' stream started a Ray Data dataset per epoch and augmented in Ray "
+            "Data tasks that share the cores with training, where CLERF's reads one dataset per "
+            "run and augments on its worker."
+        )
+    return "The budget is wall-clock, so input pipelines count: " + "; ".join(parts) + ". " + cause
 
 
 def _cell(c: dict[str, float] | None) -> str:
@@ -815,6 +823,7 @@ def run_table(settings: dict[str, Any], work: Path, user_overrides: list[str]) -
         "records": records,
         "aggregate": agg,
         "claim": claim_paragraph(agg, settings["ranges"], settings["test_sets"]),
+        "baseline_input": BASELINE_INPUT,
         "performance": {"renderer": renderer, "training": _training_figures()},
         "wall_s": time.monotonic() - t_start,
     }

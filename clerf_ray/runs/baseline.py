@@ -5,12 +5,16 @@ It answers the question the paper raises: does contrastive pretraining help on S
 full-range poses, compared with plain supervised training on the same images? So the budget is
 CLERF's pretraining budget, measured in images and optimiser steps:
 
-* Images: the pairs pretraining reads (``data``: ``build_pair_dataset`` with the same seed, so
-  the same renders and augmentation draws), both images of each pair as two labelled samples
-  (anchor and positive show the same pose, so both carry the pair's label): ``2 * num_pairs``
-  images per epoch. With ``data.pool`` (the default) the pairs are rendered once and every epoch
-  reuses them with a fresh augmentation draw, exactly as pretraining does; without it every
-  epoch renders new pairs. A labelled Parquet set (``labelled_path``) replaces the renders.
+* Images: the pairs pretraining reads, through pretraining's own input pipeline
+  (``clerf_ray.data.pairs.pretrain_inputs`` with the same seed: the same renders, one Ray Data
+  stream per run from the pool, and on the worker the same augmentation draws), both images of
+  each pair as two labelled samples (anchor and positive show the same pose, so both carry the
+  pair's label): ``2 * num_pairs`` images per epoch. With ``data.pool`` (the default) the pairs
+  are rendered once and every epoch reuses them with a fresh augmentation draw, exactly as
+  pretraining does; without it every epoch renders new pairs. A labelled Parquet set
+  (``labelled_path``) replaces the renders, read the same way
+  (``clerf_ray.data.labelled_images.labelled_inputs``: one stream per run, augmented on the
+  worker).
 * Steps: ``pretrain.batch_size`` counts *pairs* (CLERF's unit); a CLERF step with 64 pairs
   embeds 128 images. The baseline's global batch is therefore ``2 * pretrain.batch_size``
   *images*, so it takes the same number of steps per epoch as pretraining, each on as many
@@ -19,8 +23,9 @@ CLERF's pretraining budget, measured in images and optimiser steps:
 
 Not included: CLERF's head stage then fits its head on ``head.draws`` further augmentation
 draws of ``head.num_samples`` images (by default from the same pool) through the frozen
-encoder, about two more minutes on the laptop default; the baseline has no second stage. ``data.augment`` sets the geometric augmentation (``fa`` as CLERF, ``none`` without;
-``sa`` slight rotations only).
+encoder, about two more minutes on the laptop default; the baseline has no second stage.
+``data.augment`` sets the geometric augmentation (``fa`` as CLERF, ``none`` without; ``sa``
+slight rotations only).
 
     python jobs/train_baseline.py data.augment=none           # registers clerf-baseline@candidate
 """
@@ -37,7 +42,6 @@ from clerf_ray.ray_init import init_ray
 from clerf_ray.runs.common import EPOCH_METRICS, pretrain_pool
 from clerf_ray.train.supervised import (
     baseline_batch_size,
-    build_baseline_dataset,
     build_baseline_model,
     num_baseline_samples,
     supervised_loop,
@@ -83,8 +87,10 @@ def train_baseline(
     import mlflow
 
     from clerf_ray import registry
+    from clerf_ray.data.labelled_images import labelled_inputs
+    from clerf_ray.data.pairs import pretrain_inputs
     from clerf_ray.evaluate import evaluate_model, heldout_renders
-    from clerf_ray.train.runner import epoch_datasets, run_stage
+    from clerf_ray.train.runner import run_stage
 
     t0 = time.monotonic()
     init_ray()
@@ -106,19 +112,22 @@ def train_baseline(
             {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.flat().items()}
         )
         mlflow.log_params({"baseline.labelled_path": labelled_path, "baseline.batch_images": batch})
-        pool = None if labelled_path else pretrain_pool(cfg, pair_cfg)
+        loop_config = {"cfg": cfg.model_dump(mode="json"), "num_samples": n}
+        # The input pipeline of pretraining: one dataset per run (per epoch only for live
+        # renders), augmented on the worker (supervised_loop).
+        if labelled_path:
+            datasets, reading = labelled_inputs(pair_cfg, labelled_path)
+            loop_config.update(reading, rows="images")
+        else:
+            pool = pretrain_pool(cfg, pair_cfg)
+            datasets, reading = pretrain_inputs(pair_cfg, cfg.pretrain.epochs, pool=pool)
+            loop_config.update(reading, rows="pairs")
         stage = run_stage(
             stage="baseline",
             loop=supervised_loop,
-            loop_config={"cfg": cfg.model_dump(mode="json"), "num_samples": n},
+            loop_config=loop_config,
             section=cfg.pretrain,
-            datasets=epoch_datasets(
-                build_baseline_dataset,
-                cfg.pretrain.epochs,
-                pair_cfg=pair_cfg,
-                pool=pool,
-                labelled_path=labelled_path,
-            ),
+            datasets=datasets,
             storage_path=cfg.storage_path,
             name=f"{name}-baseline",
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from clerf_ray.train import common
@@ -46,23 +45,6 @@ def _last_checkpoint(run_path: str) -> str | None:
     except (RuntimeError, OSError, ValueError):  # no run there, or no snapshot yet
         return None
     return checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None
-
-
-def epoch_datasets(
-    build: Callable[..., Any], epochs: int, **kwargs
-) -> dict[str, Callable[[], Any]]:
-    """``{"epoch_0": lambda: build(epoch=0, **kwargs), ...}``: lazy, one per epoch (Ray Train
-    creates each dataset when the run starts and splits it across workers)."""
-    return {f"epoch_{e}": partial(_quiet_build, build, epoch=e, **kwargs) for e in range(epochs)}
-
-
-def _quiet_build(build, **kwargs):
-    # Datasets are created in Ray Train's dataset manager, whose DataContext is its own: turn
-    # Ray Data's progress bars off there (the training loop prints progress that means more).
-    from clerf_ray.ray_init import quiet_ray_data
-
-    quiet_ray_data()
-    return build(**kwargs)
 
 
 def build_trainer(

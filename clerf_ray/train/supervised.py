@@ -52,35 +52,31 @@ def num_baseline_samples(cfg, labelled_path: str | None) -> int:
     return 2 * pairs_per_epoch(cfg.data.pair_config(seed=cfg.seed))
 
 
-def pair_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A batch of augmented pairs -> labelled images: the anchors, then the positives, each
-    with its pair's label ``R`` (they show the same pose)."""
-    return {
-        "image": np.concatenate([batch["anchor"], batch["positive"]]),
-        "R": np.concatenate([batch["R"], batch["R"]]).astype(np.float32),
-        "source": np.concatenate([batch["source"], batch["source"]]),
-    }
+def baseline_pair_transform(preset: str, seed: int):
+    """The worker-side transform of the baseline's pair stream: ``transform(batch, epoch)`` gives
+    a batch of unaugmented pairs (from :func:`clerf_ray.data.pairs.pretrain_inputs`) epoch
+    ``epoch``'s augmentation (:func:`clerf_ray.data.pairs.augment_batch`: the draws pretraining
+    makes for the same pairs) and turns it into labelled images, the anchors then the positives
+    (:func:`clerf_ray.data.labelled_images.pairs_to_images`)."""
+    from clerf_ray.data.labelled_images import pairs_to_images
+    from clerf_ray.data.pairs import augment_batch
+
+    def transform(batch: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
+        return pairs_to_images(augment_batch(batch, preset, seed, epoch))
+
+    return transform
 
 
-def build_baseline_dataset(pair_cfg, epoch: int = 0, pool=None, labelled_path: str | None = None):
-    """The baseline's labelled images of one epoch as a lazy ``ray.data.Dataset``: ``image``
-    (H, W, 3) uint8, ``R`` (3, 3) float32 after augmentation, ``source``.
+def baseline_labelled_transform(preset: str, seed: int):
+    """The worker-side transform of a labelled set's rows (from
+    :func:`clerf_ray.data.labelled_images.labelled_inputs`): epoch ``epoch``'s augmentation
+    (:func:`clerf_ray.data.labelled_images.augment_labelled_rows`)."""
+    from clerf_ray.data.labelled_images import augment_labelled_rows
 
-    Args:
-        pair_cfg: the pair stream (``PairDataConfig``) that pretraining reads.
-        epoch: seeds this epoch's draws.
-        pool: rendered pairs from ``render_pool(pair_cfg)``, reused every epoch with this
-            epoch's augmentation (None: render this epoch's pairs).
-        labelled_path: a labelled Parquet set to read instead of pairs.
-    """
-    from clerf_ray.data.labelled_images import build_labelled_image_dataset
-    from clerf_ray.data.pairs import build_pair_dataset
+    def transform(batch: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
+        return augment_labelled_rows(batch, preset, seed, epoch)
 
-    if labelled_path is not None:
-        return build_labelled_image_dataset(pair_cfg, epoch, labelled_path)
-    return build_pair_dataset(pair_cfg, epoch, pool=pool).map_batches(
-        pair_images, batch_format="numpy", num_cpus=pair_cfg.stage_num_cpus
-    )
+    return transform
 
 
 def baseline_optimizer(model: torch.nn.Module, section) -> torch.optim.Optimizer:
@@ -102,9 +98,18 @@ def baseline_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device
 def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the baseline.
 
-    ``config``: ``{"cfg": Config dict, "num_samples": labelled images per epoch}``. Reads the
-    ``epoch_{e}`` datasets (:func:`build_baseline_dataset`) in global batches of
-    :func:`baseline_batch_size` images.
+    ``config``: ``{"cfg": Config dict, "num_samples": labelled images per epoch, "rows":
+    "pairs" | "images", "dataset": the run's one dataset}``, and for pairs what
+    :func:`clerf_ray.data.pairs.pretrain_inputs` adds (``"augment"``). Every step holds
+    :func:`baseline_batch_size` images, and each batch is augmented on the worker, as
+    pretraining's are:
+
+    * ``"pairs"``: pretraining's own pair stream (one dataset per run from a pool or shards, one
+      per epoch for live renders), read in batches of ``pretrain.batch_size`` pairs, augmented
+      and split into anchors and positives (:func:`baseline_pair_transform`);
+    * ``"images"``: a labelled set's decoded rows
+      (:func:`clerf_ray.data.labelled_images.labelled_inputs`), augmented with ``data.augment``
+      at ``cfg.seed`` (:func:`baseline_labelled_transform`).
     """
     import ray.train
     import ray.train.torch
@@ -119,9 +124,16 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
 
     model = ray.train.torch.prepare_model(build_baseline_model(cfg))
-    per_worker, steps = common.global_batches(
-        int(config["num_samples"]), baseline_batch_size(cfg), world
-    )
+    n = int(config["num_samples"])
+    if config.get("rows") == "pairs":
+        # Two images per pair: steps of pretrain.batch_size pairs are the steps pretraining
+        # takes on the same pairs.
+        a = config["augment"]
+        transform = baseline_pair_transform(a["preset"], a["seed"])
+        per_worker, steps = common.global_batches(n // 2, section.batch_size, world)
+    else:
+        transform = baseline_labelled_transform(cfg.data.augment, cfg.seed)
+        per_worker, steps = common.global_batches(n, baseline_batch_size(cfg), world)
     optimizer = baseline_optimizer(model, section)
 
     def loss_step(batch):
@@ -135,4 +147,6 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
         steps=steps,
         per_worker=per_worker,
         loss_step=loss_step,
+        dataset=config.get("dataset"),
+        transform=transform,
     )

@@ -1,6 +1,8 @@
-"""The augmented labelled-image stream (``build_labelled_image_dataset`` with ``labelled_path``:
-the head's ``labelled_path`` and ``train_baseline --labelled``) on a small labelled Parquet set
-of procedural renders, checked against the renderer called directly.
+"""The augmented labelled-image streams on a small labelled Parquet set of procedural renders,
+checked against the renderer called directly: ``build_labelled_image_dataset`` with
+``labelled_path`` (a dataset per epoch, augmented in Ray Data: the head's ``labelled_path``) and
+``labelled_inputs`` with the baseline's worker-side augmentation (one dataset per run:
+``train_baseline --labelled``).
 
 All images are of one identity, rendered with frontal light and a grey background: a render then
 depends only on the label, and an image turned or mirrored in-plane is the render at the
@@ -18,7 +20,7 @@ from scipy import ndimage
 
 from clerf_ray import geometry
 from clerf_ray.config import PairDataConfig
-from clerf_ray.data.labelled_images import build_labelled_image_dataset
+from clerf_ray.data.labelled_images import build_labelled_image_dataset, labelled_inputs
 from clerf_ray.data.schema import make_table
 from clerf_ray.data.shards import write_shards
 from clerf_ray.render import make_renderer
@@ -48,13 +50,23 @@ def labelled_set(tmp_path_factory, renderer):
     return out, R.astype(np.float32).astype(np.float64)  # the set stores float32 labels
 
 
-def stream(path, augment, seed=7, epoch=0):
+def stream(path, augment, seed=7, epoch=0, pipeline="epoch"):
+    """One epoch of the labelled stream as numpy arrays. ``pipeline``: ``"epoch"``, the dataset
+    of ``epoch`` (augmented in Ray Data); ``"run"``, the run's one dataset of decoded rows, then
+    the baseline's worker-side transform, as ``supervised_loop`` applies it to each batch."""
+    from clerf_ray.train.supervised import baseline_labelled_transform
+
     cfg = PairDataConfig.from_defaults(
         renderer_options=dict(OPTIONS), augment=augment, seed=seed, stage_num_cpus=0.1
     )
-    batch = build_labelled_image_dataset(cfg, epoch=epoch, labelled_path=path).take_batch(
-        100, batch_format="numpy"
-    )
+    if pipeline == "epoch":
+        ds = build_labelled_image_dataset(cfg, epoch=epoch, labelled_path=path)
+        batch = ds.take_batch(100, batch_format="numpy")
+    else:
+        datasets, reading = labelled_inputs(cfg, path)
+        assert list(datasets) == [reading["dataset"]]
+        rows = datasets[reading["dataset"]]().take_batch(100, batch_format="numpy")
+        batch = baseline_labelled_transform(augment, seed)(rows, epoch)
     assert batch["image"].shape == (N, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["R"].shape == (N, 3, 3) and batch["R"].dtype == np.float32
     assert set(batch["source"].tolist()) == {"toyset"}
@@ -99,12 +111,13 @@ def source_of(R_out, R_in):
     return found
 
 
+@pytest.mark.parametrize("pipeline", ["epoch", "run"])
 @pytest.mark.parametrize("augment", ["sa", "fa"])
 def test_augmented_labelled_images_agree_with_their_labels(
-    ray_cluster, labelled_set, renderer, augment
+    ray_cluster, labelled_set, renderer, augment, pipeline
 ):
     path, R_in = labelled_set
-    images, R = stream(path, augment)
+    images, R = stream(path, augment, pipeline=pipeline)
     src = source_of(R, R_in)
     assert sorted(j for j, _, _ in src) == list(range(N)), "each stored row once"
     turns = np.array([t for _, _, t in src])
@@ -137,18 +150,25 @@ def test_augmented_labelled_images_agree_with_their_labels(
     assert np.all(here[moved] < 0.6 * untransformed[moved]), (here, untransformed)
 
 
-def test_augmented_labelled_stream_is_seeded_and_redrawn_per_epoch(ray_cluster, labelled_set):
+@pytest.mark.parametrize("pipeline", ["epoch", "run"])
+def test_augmented_labelled_stream_is_seeded_and_redrawn_per_epoch(
+    ray_cluster, labelled_set, pipeline
+):
     path, _ = labelled_set
 
     def by_label(images, R):
         order = np.lexsort(np.round(R, 4).reshape(len(R), 9).T)
         return images[order], R[order]
 
-    a = by_label(*stream(path, "fa", seed=7))
-    b = by_label(*stream(path, "fa", seed=7))
+    a = by_label(*stream(path, "fa", seed=7, pipeline=pipeline))
+    b = by_label(*stream(path, "fa", seed=7, pipeline=pipeline))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1])
-    for other in (stream(path, "fa", seed=8), stream(path, "fa", seed=7, epoch=1)):
+    others = (
+        stream(path, "fa", seed=8, pipeline=pipeline),
+        stream(path, "fa", seed=7, epoch=1, pipeline=pipeline),
+    )
+    for other in others:
         moved = geometry.geodesic_error(a[1][:, None], other[1][None]).min(axis=1)
         assert np.all(moved > 1.0), moved  # no label drawn again
 

@@ -3,8 +3,6 @@ CLERF's (the pretraining pairs as labelled images, two images per pair per step,
 reused across epochs), its loss falls on a fixed set, and a tiny run on Ray Train registers
 ``clerf-baseline@candidate`` in a real sqlite MLflow store."""
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -15,7 +13,7 @@ from clerf_ray.train.supervised import (
     baseline_batch_size,
     baseline_loss,
     baseline_optimizer,
-    build_baseline_dataset,
+    baseline_pair_transform,
     build_baseline_model,
 )
 
@@ -63,9 +61,10 @@ def test_baseline_step_holds_as_many_images_as_a_clerf_step():
     assert common.global_batches(2 * 8192, baseline_batch_size(cfg), 2) == (64, 128)
 
 
-def _rows(ds):
-    rows = ds.take_all()
-    return [(r["image"], np.asarray(r["R"], dtype=np.float64).reshape(3, 3)) for r in rows]
+def _rows(batch):
+    """Labelled images of a transformed batch as (image, R) pairs."""
+    R = np.asarray(batch["R"], dtype=np.float64).reshape(-1, 3, 3)
+    return list(zip(batch["image"], R, strict=True))
 
 
 def _key(image):
@@ -73,37 +72,50 @@ def _key(image):
 
 
 def test_pooled_baseline_epochs_reuse_the_pretraining_renders(ray_cluster):
-    from clerf_ray.data.pairs import render_pool
+    """The baseline reads pretraining's pair stream (one dataset per run from the pool) and, on
+    the worker, augments each batch and splits it into labelled images: every epoch is the
+    pool's images, both of each pair, each with its pair's label."""
+    from clerf_ray.data.pairs import pretrain_inputs, render_pool
 
     cfg = load_config(None, TINY + ["data.num_pairs=6", "data.render_batch_size=3"])
     pair_cfg = cfg.data.pair_config(seed=cfg.seed)
     pool = render_pool(pair_cfg)
     pairs = pool.take_all()
     rendered = sorted(_key(p[k]) for p in pairs for k in ("anchor", "positive"))
-
-    # Without augmentation every epoch is the pool's images, both of each pair, each with its
-    # pair's label.
     labels = {
         _key(p[k]): np.asarray(p["R"]).reshape(3, 3) for p in pairs for k in ("anchor", "positive")
     }
-    for epoch in (0, 1):
-        rows = _rows(build_baseline_dataset(pair_cfg, epoch, pool=pool))
+
+    datasets, reading = pretrain_inputs(pair_cfg, 2, pool=pool)
+    assert list(datasets) == ["pairs"] and reading["dataset"] == "pairs"  # one for the run
+    a = reading["augment"]
+    assert (a["preset"], a["seed"]) == ("none", pair_cfg.seed)
+
+    def epoch(e, preset="none", ds=None):
+        batch = (ds or datasets["pairs"])().take_batch(100, batch_format="numpy")
+        return _rows(baseline_pair_transform(preset, a["seed"])(batch, e))
+
+    # Without augmentation every epoch is the pool's images, each with its pair's label.
+    for e in (0, 1):
+        rows = epoch(e)
         assert sorted(_key(im) for im, _ in rows) == rendered
         for im, R in rows:
             np.testing.assert_allclose(R, labels[_key(im)], atol=1e-6)
 
     # Without the pool a new epoch renders new pairs.
-    fresh = _rows(build_baseline_dataset(pair_cfg, 1))
+    live, _ = pretrain_inputs(pair_cfg, 2, pool=None)
+    assert list(live) == ["epoch_0", "epoch_1"]
+    fresh = epoch(1, ds=live["epoch_1"])
     assert len(fresh) == 12 and not set(_key(im) for im, _ in fresh) & set(rendered)
 
     # With fa the same pool gets a new augmentation each epoch: new labels, and anchor and
-    # positive of a pair keep one label between them (6 labels, each twice).
-    fa = replace(pair_cfg, augment="fa")
-    e0, e1 = (_rows(build_baseline_dataset(fa, e, pool=pool)) for e in (0, 1))
+    # positive of a pair keep one label between them (6 labels, each twice: image i and i + 6).
+    e0, e1 = (epoch(e, "fa") for e in (0, 1))
     for rows in (e0, e1):
         keys = [tuple(np.round(R, 5).ravel()) for _, R in rows]
         assert len(rows) == 12 and len(set(keys)) == 6
-        assert all(keys.count(k) == 2 for k in keys)
+        assert keys[:6] == keys[6:]
+        assert not set(_key(im) for im, _ in rows[6:]) & set(_key(im) for im, _ in rows[:6])
     l0 = np.stack([R for _, R in e0])
     l1 = np.stack([R for _, R in e1])
     assert not np.allclose(np.sort(l0.reshape(12, 9), axis=0), np.sort(l1.reshape(12, 9), axis=0))
