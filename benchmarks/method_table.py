@@ -195,12 +195,16 @@ def budget_sentence(report: dict[str, Any]) -> str:
         f"`{m}` {ep[m]} epochs ({cal[m]['epoch_s']:.1f} s each)" for m in MODELS if m != "clerf"
     )
     kept = "" if s.get("recalibrate", True) else " (`--quick`: first guesses, not refitted)"
+    if s.get("labelled"):
+        what = f"{s['num_pairs']} pairs (the training images as anchors, rendered positives)"
+        same = "training images"
+    else:
+        what, same = f"{s['num_pairs']} pooled pairs", "pool"
     return (
-        f"CLERF pretrains {ep['clerf']} epoch{'s' if ep['clerf'] != 1 else ''} of "
-        f"{s['num_pairs']} pooled pairs "
+        f"CLERF pretrains {ep['clerf']} epoch{'s' if ep['clerf'] != 1 else ''} of {what} "
         f"({c['epoch_s']:.1f} s each in the first CLERF run) and then trains its head "
         f"({c['head_s']:.0f} s): {c['budget_s']:.0f} s per run. The baselines train on the same "
-        f"pool as many epochs as fit in that at their own epoch time{kept}: {base}."
+        f"{same} as many epochs as fit in that at their own epoch time{kept}: {base}."
     )
 
 

@@ -323,6 +323,8 @@ def test_the_labelled_markdown_has_the_split_and_no_full_range_column(mt):
     report["claim"] = mt.claim_paragraph(agg, ["labelled"], mt.LABELLED_TEST_SETS)
     md = mt.markdown(report)
     assert "`/data/aflw2000` (41 images" in md and "29 train, 4 validation, 8 test" in md
+    assert "of 29 pairs (the training images as anchors" in md and "pooled" not in md
+    assert "The baselines train on the same training images as many epochs" in md
     assert "each point trained once on the labelled range" in md
     assert "the 4 validation images" in md and "8 test images per set" in md
     assert "| model | standard | SA | FA |" in md and "| full |" not in md
