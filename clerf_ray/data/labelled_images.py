@@ -27,8 +27,8 @@ def pairs_to_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def decode_labelled_rows(batch, image_size: int) -> dict[str, np.ndarray]:
     """Rows of a labelled set (:func:`clerf_ray.data.schema.read_labelled_numbered`) decoded
     before augmentation: ``image`` (N, S, S, 3) uint8 at ``image_size``, ``R`` (N, 3, 3)
-    float64 (augmentation composes it at full precision), ``source`` (the row's dataset name) and ``pair_id`` (the row's stable index, which
-    seeds its augmentation draws)."""
+    float64 (augmentation composes it at full precision), ``source`` (the row's dataset name)
+    and ``pair_id`` (the row's stable index, which seeds its augmentation draws)."""
     n = len(batch["R"])
     return {
         "image": resize_all(decode_images(batch["image"]), image_size),
@@ -61,13 +61,14 @@ def _augment_labelled(batch, preset: str, seed: int, epoch: int, image_size: int
 
 
 def labelled_inputs(cfg: PairDataConfig, labelled_path: str):
-    """A labelled set as one Ray Train dataset for a whole run: ``({"labelled": build},
-    {"dataset": "labelled"})``, ``build`` making the decoded, unaugmented rows
+    """A labelled set as one Ray Train dataset for a whole run: ``(datasets, loop_config)``
+    as :func:`clerf_ray.data.pairs.pretrain_inputs` gives them for pairs. ``datasets`` is
+    ``{"labelled": build}``, ``build`` making the decoded, unaugmented rows
     (:func:`decode_labelled_rows`) in a new block order at every read
-    (``RandomSeedConfig(reseed_after_execution=True)``). The training loop augments each batch
-    on its worker with :func:`augment_labelled_rows` at the epoch's draws, so the split
-    coordinator and executor start once per run, not once per epoch (as with
-    :func:`clerf_ray.data.pairs.pretrain_inputs` for pairs)."""
+    (``RandomSeedConfig(reseed_after_execution=True)``); ``loop_config`` is ``{"dataset":
+    "labelled", "augment": {"preset": cfg.augment, "seed": cfg.seed}}``. The training loop
+    augments each batch on its worker with :func:`augment_labelled_rows` at the epoch's draws,
+    so the split coordinator and executor start once per run, not once per epoch."""
     from ray.data import RandomSeedConfig
 
     from clerf_ray.data.schema import read_labelled_numbered
@@ -87,7 +88,8 @@ def labelled_inputs(cfg: PairDataConfig, labelled_path: str):
         )
         return ds.randomize_block_order(seed=order)
 
-    return {"labelled": labelled}, {"dataset": "labelled"}
+    augment = {"preset": cfg.augment, "seed": cfg.seed}
+    return {"labelled": labelled}, {"dataset": "labelled", "augment": augment}
 
 
 def build_labelled_image_dataset(

@@ -99,8 +99,9 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the baseline.
 
     ``config``: ``{"cfg": Config dict, "num_samples": labelled images per epoch, "rows":
-    "pairs" | "images", "dataset": the run's one dataset}``, and for pairs what
-    :func:`clerf_ray.data.pairs.pretrain_inputs` adds (``"augment"``). Every step holds
+    "pairs" | "images"}`` and what :func:`clerf_ray.data.pairs.pretrain_inputs` or
+    :func:`clerf_ray.data.labelled_images.labelled_inputs` add (``"augment"``: preset and seed;
+    ``"dataset"``: the run's one dataset, when there is one). Every step holds
     :func:`baseline_batch_size` images, and each batch is augmented on the worker, as
     pretraining's are:
 
@@ -108,8 +109,8 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
       per epoch for live renders), read in batches of ``pretrain.batch_size`` pairs, augmented
       and split into anchors and positives (:func:`baseline_pair_transform`);
     * ``"images"``: a labelled set's decoded rows
-      (:func:`clerf_ray.data.labelled_images.labelled_inputs`), augmented with ``data.augment``
-      at ``cfg.seed`` (:func:`baseline_labelled_transform`).
+      (:func:`clerf_ray.data.labelled_images.labelled_inputs`), augmented row by row
+      (:func:`baseline_labelled_transform`).
     """
     import ray.train
     import ray.train.torch
@@ -124,15 +125,14 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
 
     model = ray.train.torch.prepare_model(build_baseline_model(cfg))
-    n = int(config["num_samples"])
-    if config.get("rows") == "pairs":
+    n, a = int(config["num_samples"]), config["augment"]
+    if config["rows"] == "pairs":
         # Two images per pair: steps of pretrain.batch_size pairs are the steps pretraining
         # takes on the same pairs.
-        a = config["augment"]
         transform = baseline_pair_transform(a["preset"], a["seed"])
         per_worker, steps = common.global_batches(n // 2, section.batch_size, world)
     else:
-        transform = baseline_labelled_transform(cfg.data.augment, cfg.seed)
+        transform = baseline_labelled_transform(a["preset"], a["seed"])
         per_worker, steps = common.global_batches(n, baseline_batch_size(cfg), world)
     optimizer = baseline_optimizer(model, section)
 

@@ -65,8 +65,9 @@ def stream(path, augment, seed=7, epoch=0, pipeline="epoch"):
     else:
         datasets, reading = labelled_inputs(cfg, path)
         assert list(datasets) == [reading["dataset"]]
+        assert reading["augment"] == {"preset": augment, "seed": seed}
         rows = datasets[reading["dataset"]]().take_batch(100, batch_format="numpy")
-        batch = baseline_labelled_transform(augment, seed)(rows, epoch)
+        batch = baseline_labelled_transform(**reading["augment"])(rows, epoch)
     assert batch["image"].shape == (N, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["R"].shape == (N, 3, 3) and batch["R"].dtype == np.float32
     assert set(batch["source"].tolist()) == {"toyset"}

@@ -78,3 +78,44 @@ def test_tiny_pooled_fa_baseline_run_registers_a_candidate(ray_cluster, tmp_path
     assert moved, "the baseline's backbone did not train"
     # The head too.
     assert not torch.equal(initial["head.mlp.0.weight"], trained["head.mlp.0.weight"])
+
+
+def test_tiny_labelled_baseline_run_reads_the_set_once_per_epoch(ray_cluster, tmp_path):
+    """``train_baseline(labelled_path=...)``: the labelled set's rows are the epoch (24 rows in
+    steps of 2 x 4 images: 3 steps per epoch, for each of 2 epochs), read as one dataset for the
+    run and augmented on the worker."""
+    import mlflow
+
+    from clerf_ray import geometry
+    from clerf_ray.data.schema import make_table
+    from clerf_ray.data.shards import write_shards
+    from clerf_ray.render import make_renderer
+
+    R = geometry.sample_rotations(24, seed=3)
+    images = make_renderer("procedural", image_size=32).render(np.arange(24) + 500, R)
+    labelled = str(tmp_path / "set")
+    table = make_table(
+        images, R, files=[f"im{i}.png" for i in range(24)], dataset="toy", image_format="png"
+    )
+    write_shards(table, labelled, shard_rows=10)  # 3 shards
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("clerf", artifact_location=f"file://{tmp_path}/artifacts")
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "data.augment=fa",
+            "pretrain.epochs=2",
+            "pretrain.batch_size=4",
+            f"storage_path={tmp_path / 'runs'}",
+            f"tracking.tracking_uri={uri}",
+            "run_name=tiny-labelled-baseline",
+        ],
+    )
+    result = train_baseline(cfg, labelled_path=labelled, register=False)
+    assert [len(h["step_losses"]) for h in result.history] == [3, 3]
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    run = mlflow.MlflowClient(uri).get_run(result.run_id)
+    assert run.data.params["baseline.labelled_path"] == labelled
