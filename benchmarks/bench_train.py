@@ -83,13 +83,23 @@ def run_plain(cfg, pairs: dict[str, np.ndarray]) -> dict:
     from clerf_ray.data.pairs import augment_batch
     from clerf_ray.losses import ContrastivePoseLoss
     from clerf_ray.models import create_encoder
-    from clerf_ray.train.common import numeric_tensors, seed_everything, warmup_cosine
+    from clerf_ray.train.common import (
+        autocast,
+        channels_last,
+        full_precision,
+        numeric_tensors,
+        seed_everything,
+        warmup_cosine,
+    )
 
     p = cfg.pretrain
     if p.torch_threads:
         torch.set_num_threads(p.torch_threads)
     seed_everything(cfg.seed)
-    model = create_encoder(cfg.model, image_size=cfg.data.image_size)
+    # The workers' precision and layout (bfloat16 autocast on a CPU with native bf16, channels-
+    # last weights), so that the ratios compare pipelines, not arithmetic.
+    model = channels_last(create_encoder(cfg.model, image_size=cfg.data.image_size))
+    cpu = torch.device("cpu")
     loss_fn = ContrastivePoseLoss(m=p.m, gamma=p.gamma, negative_margin_deg=p.negative_margin_deg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     n = len(pairs["pair_id"])
@@ -119,8 +129,10 @@ def run_plain(cfg, pairs: dict[str, np.ndarray]) -> dict:
                 first = tc - t0
             anchor = model.preprocess(batch["anchor"])
             positive = model.preprocess(batch["positive"])
-            emb = model(torch.cat([anchor, positive])).float()
-            loss = loss_fn(emb[: len(idx)], emb[len(idx) :], batch["R"])
+            with autocast(cpu, p.amp):
+                emb = model(torch.cat([anchor, positive])).float()
+            with full_precision(cpu):
+                loss = loss_fn(emb[: len(idx)], emb[len(idx) :], batch["R"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -237,6 +249,8 @@ def _machine() -> dict:
     import ray
     import torch
 
+    from clerf_ray.train.common import native_cpu_bf16
+
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -251,6 +265,7 @@ def _machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "ray": ray.__version__,
+        "cpu_native_bf16": native_cpu_bf16(),
         "git_sha": sha,
         "load_average_start": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -45,11 +45,49 @@ def use_gpu(setting: bool | str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles).
+
+    On such CPUs oneDNN runs bfloat16 convolutions and matmuls about twice as fast as float32
+    (resnet10t at 64 px on the 2-core Xeon VM: 58-61 pairs/s in float32, 100-144 in bfloat16
+    with channels-last weights); elsewhere bfloat16 is emulated and slower than float32, so
+    mixed precision stays off there. torch has no public query for this; the private ones are
+    guarded so that a torch without them means "no".
+    """
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except Exception:
+        return False
+
+
+def amp_enabled(device: torch.device, enabled: bool) -> bool:
+    """Mixed precision runs when asked for on a GPU, or on a CPU with native bfloat16."""
+    return bool(enabled) and (device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()))
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bfloat16/float16 autocast on CUDA when enabled; a no-op context on the CPU."""
+    """float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 (see
+    :func:`amp_enabled`); a no-op context otherwise. Losses run in float32 under
+    :func:`full_precision`."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(
-        device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda"
+        device_type=device.type, dtype=dtype, enabled=amp_enabled(device, enabled)
     )
+
+
+def full_precision(device: torch.device):
+    """Leave autocast for a loss: Circle Loss scales cosine similarities by gamma (64), and
+    the geodesic loss takes an arccos near 0 and pi; both want float32 inputs and ops."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's 4-D weights in channels-last layout. The images arrive as (B, H, W, 3) and
+    are permuted, so they already are channels-last; convolutions then run without layout
+    conversions (faster under oneDNN and cuDNN), and DDP's gradient buckets match the weights'
+    strides. A no-op for weights with no 4-D tensors."""
+    return model.to(memory_format=torch.channels_last)
 
 
 def images_to_tensor(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -179,8 +217,9 @@ def fit(
     device = next(model.parameters()).device
     trainable = trainable if trainable is not None else model
     scheduler = warmup_cosine(optimizer, steps * section.epochs, section.warmup_fraction)
-    amp = section.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    amp = amp_enabled(device, section.amp)
+    # bfloat16 keeps float32's exponent range: only float16 on a GPU needs loss scaling.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     params = [q for q in trainable.parameters() if q.requires_grad]
 
     start_epoch, elapsed, history = 0, 0.0, []

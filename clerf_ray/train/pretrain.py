@@ -36,7 +36,7 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
 
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size)
-    model = ray.train.torch.prepare_model(encoder)
+    model = ray.train.torch.prepare_model(common.channels_last(encoder))
     loss_fn = ContrastivePoseLoss(
         m=p.m, gamma=p.gamma, negative_margin_deg=p.negative_margin_deg, distributed=world > 1
     )
@@ -53,7 +53,8 @@ def pretrain_loop(config: dict[str, Any]) -> dict[str, Any]:
         R = batch["R"].to(device)
         # One forward over both views: BatchNorm sees the whole batch and DDP one graph.
         emb = model(torch.cat([anchor, positive])).float()
-        return loss_fn(emb[: len(R)], emb[len(R) :], R), len(R)
+        with common.full_precision(device):
+            return loss_fn(emb[: len(R)], emb[len(R) :], R), len(R)
 
     # A search passes a retrieval probe (clerf_ray.train.probe) measured after every epoch, so
     # that its scheduler can stop poor trials early; the main job passes none.

@@ -92,7 +92,9 @@ def baseline_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device
 
     R = batch["R"].to(device)
     x = common.unwrap(model).preprocess(batch["image"].to(device))
-    return geodesic_loss(model(x).float(), R)
+    out = model(x).float()
+    with common.full_precision(device):
+        return geodesic_loss(out, R)
 
 
 def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def supervised_loop(config: dict[str, Any]) -> dict[str, Any]:
     common.seed_everything(cfg.seed + 2000 + ctx.get_world_rank())
     device = ray.train.torch.get_device()
 
-    model = ray.train.torch.prepare_model(build_baseline_model(cfg))
+    model = ray.train.torch.prepare_model(common.channels_last(build_baseline_model(cfg)))
     n, a = int(config["num_samples"]), config["augment"]
     if config["rows"] == "pairs":
         # Two images per pair: steps of pretrain.batch_size pairs are the steps pretraining
