@@ -230,7 +230,7 @@ class OptimSection(_Section):
     amp: bool = Field(
         True,
         description="mixed precision: float16 on a GPU; bfloat16 on a CPU that computes it natively "
-        "(AVX512-BF16 or AMX: about twice the float32 speed), off on other CPUs; losses stay float32",
+        "(AVX512-BF16 or AMX: up to twice the float32 speed), off on other CPUs; losses stay float32",
     )
 
     @field_validator("worker_resources")
