@@ -187,11 +187,13 @@ class ModelSection(_Section):
         None, description="backbone weights: local path, s3:// path, 'hub', or None (random init)"
     )
     head_hidden: tuple[int, ...] = (512, 512)
-    head_input: Literal["features", "embedding"] = Field(
+    head_input: Literal["features", "feature_map", "embedding"] = Field(
         "features",
         description="what the pose head reads from the frozen encoder: the pooled backbone "
         "features under the projection (the default: 12.5 -> 9.9 deg held-out median, one view, "
-        "same encoder) or the L2-normalised embedding Circle Loss trains",
+        "same encoder), the last feature map before pooling on a 2 x 2 grid (feature_map: "
+        "keeps where in the image the features lie; needs a backbone with a spatial map), or "
+        "the L2-normalised embedding Circle Loss trains",
     )
     head_standardize: bool = Field(
         True, description="standardise the head's inputs with their training mean and std"

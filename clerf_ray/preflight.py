@@ -38,12 +38,13 @@ def _backbone_problems(cfg: Config) -> list[str]:
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else ""
         return [f"model.backbone: unknown timm model {name!r}{hint}"]
-    return _image_size_problems(name, cfg.data.image_size)
+    return _image_size_problems(name, cfg.data.image_size, cfg.model.head_input)
 
 
-def _image_size_problems(backbone: str, size: int) -> list[str]:
+def _image_size_problems(backbone: str, size: int, head_input: str = "features") -> list[str]:
     """Build ``backbone`` on PyTorch's meta device (shapes only: no memory, no weights) and run
-    a batch of ``size`` px through it; a shape error means the backbone cannot take the size."""
+    a batch of ``size`` px through it; a shape error means the backbone cannot take the size.
+    With ``head_input="feature_map"`` its ``forward_features`` must give a spatial map."""
     import timm
     import torch
 
@@ -56,11 +57,18 @@ def _image_size_problems(backbone: str, size: int) -> list[str]:
                 model = timm.create_model(backbone, num_classes=0)
             model.eval()
             model(torch.empty(2, 3, size, size))
+            fm = model.forward_features(torch.empty(2, 3, size, size))
     except NotImplementedError:
         return []  # an operator without a meta kernel: the size cannot be checked here
     except (RuntimeError, ValueError, AssertionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return [f"data.image_size: backbone {backbone!r} cannot take {size} px images ({first})"]
+    if head_input == "feature_map" and fm.ndim != 4:
+        return [
+            f"model.head_input: 'feature_map' needs a backbone with a spatial feature map; "
+            f"{backbone!r} gives {tuple(fm.shape)} from forward_features (token sequences "
+            "have no grid): use 'features'"
+        ]
     return []
 
 

@@ -93,9 +93,10 @@ def _log(msg: str) -> None:
 
 def turn_space(model) -> str:
     """What the turn plot shows for a ``PoseModel``: the contrastive embedding, except for a
-    model trained end to end whose head reads the pooled features (the supervised baseline),
-    where the projection to the embedding never trained and the features are what it learnt."""
-    if not model.freeze_encoder and model.head.config.input == "features":
+    model trained end to end whose head reads the backbone's features (the supervised
+    baseline), where the projection to the embedding never trained and the features are what
+    it learnt."""
+    if not model.freeze_encoder and model.head.config.input != "embedding":
         return "features"
     return "embedding"
 

@@ -29,6 +29,7 @@ from clerf_ray.models.head import (
     create_head_for,
     head_input_dim,
     input_stats,
+    read_head_input,
 )
 from clerf_ray.models.io import CONFIG_FILE, WEIGHTS_FILE, PoseModelConfig, load_model, save_model
 from clerf_ray.models.pose_model import VIEWS, PoseModel, mean_rotation
@@ -55,5 +56,6 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "mean_rotation",
+    "read_head_input",
     "save_model",
 ]

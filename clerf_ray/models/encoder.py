@@ -29,6 +29,11 @@ from torch import nn
 from clerf_ray.models.layers import check_int, mlp
 from clerf_ray.models.storage import read_state_dict
 
+# The grid that Encoder.feature_map pools the backbone's last feature map to, per side: the
+# laptop default's map (resnet10t, 64 px) is 2 x 2 already, and a larger map (Swin at 224 px:
+# 7 x 7) keeps the head's input at 4 x num_features instead of growing with the image.
+FEATURE_MAP_GRID = 2
+
 # ImageNet statistics: the fallback when a timm model carries no pretrained_cfg mean/std.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -217,6 +222,28 @@ class Encoder(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, num_features), before projection and normalisation."""
         return self.backbone(x)
+
+    @property
+    def feature_map_dim(self) -> int:
+        """Width of :meth:`feature_map`: the last feature map's channels x the grid's cells."""
+        return int(self.backbone.num_features) * FEATURE_MAP_GRID**2
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map (``forward_features``, before global pooling),
+        average-pooled to a ``FEATURE_MAP_GRID`` x ``FEATURE_MAP_GRID`` grid and flattened,
+        channel-major: (B, :attr:`feature_map_dim`). Global pooling discards where in the
+        image a feature lies, and the pose is largely in where."""
+        fm = self.backbone.forward_features(x)
+        if fm.ndim == 4 and getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+            fm = fm.permute(0, 3, 1, 2)  # Swin's stages give channels last
+        if fm.ndim != 4 or fm.shape[1] != self.backbone.num_features:
+            raise ValueError(
+                f"model.head_input='feature_map' needs a backbone whose forward_features gives "
+                f"a spatial map (B, {self.backbone.num_features}, H, W); "
+                f"{self.config.backbone!r} gives {tuple(fm.shape)} (token sequences have no "
+                "grid): use head_input='features'"
+            )
+        return F.adaptive_avg_pool2d(fm, FEATURE_MAP_GRID).flatten(1)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """Embedding (B, D) of unit L2 norm; with ``return_features`` also the features."""

@@ -19,7 +19,7 @@ from torch import nn
 from clerf_ray import geometry
 from clerf_ray.models.layers import check_int, mlp
 
-HEAD_INPUTS = ("embedding", "features")
+HEAD_INPUTS = ("embedding", "features", "feature_map")
 
 
 @dataclass
@@ -28,12 +28,15 @@ class HeadConfig:
 
     Attributes:
         in_dim: input size: the encoder's ``embedding_dim`` for ``input="embedding"``, its
-            ``num_features`` for ``input="features"`` (see :func:`head_input_dim`).
+            ``num_features`` for ``input="features"``, its ``feature_map_dim`` for
+            ``input="feature_map"`` (see :func:`head_input_dim`).
         hidden: widths of the hidden layers of the MLP (ReLU between layers).
         input: what of the encoder the head reads: ``"embedding"`` (the L2-normalised
             projection that Circle Loss trains) or ``"features"`` (the pooled backbone features
             under the projection, which keep more of the pose: the projection is trained to be
-            invariant to what the loss ignores).
+            invariant to what the loss ignores) or ``"feature_map"`` (the last feature map
+            before global pooling, on a 2 x 2 grid: ``Encoder.feature_map``; it keeps where in
+            the image the features lie).
         standardize: standardise each input dimension with the mean and standard deviation of
             the head's training inputs (buffers ``input_mean`` / ``input_std``, saved with the
             weights) before the MLP.
@@ -145,11 +148,32 @@ def input_stats(batches) -> tuple[np.ndarray, np.ndarray]:
     return (shift + mean).astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
-def head_input_dim(encoder, input: str) -> int:
-    """Width of what a head with ``input`` reads from ``encoder``."""
+def _check_input(input: str) -> None:
     if input not in HEAD_INPUTS:
         raise ValueError(f"head input must be one of {HEAD_INPUTS}, got {input!r}")
+
+
+def head_input_dim(encoder, input: str) -> int:
+    """Width of what a head with ``input`` reads from ``encoder``."""
+    _check_input(input)
+    if input == "feature_map":
+        return encoder.feature_map_dim
     return encoder.num_features if input == "features" else encoder.embedding_dim
+
+
+def head_input_name(input: str) -> str:
+    """The encoder attribute that :func:`head_input_dim` reads, for error messages."""
+    _check_input(input)
+    return {"embedding": "embedding_dim", "features": "num_features"}.get(input, "feature_map_dim")
+
+
+def read_head_input(encoder, x: torch.Tensor, input: str) -> torch.Tensor:
+    """What a head with ``input`` reads from ``encoder`` for preprocessed images ``x``: the
+    L2-normalised embedding, the pooled features, or the feature map on its grid."""
+    _check_input(input)
+    if input == "feature_map":
+        return encoder.feature_map(x)
+    return encoder.features(x) if input == "features" else encoder(x)
 
 
 def _head_config(cfg, kwargs: dict[str, Any], in_dim: int | None) -> HeadConfig:

@@ -7,7 +7,7 @@ from torch import nn
 
 from clerf_ray import geometry
 from clerf_ray.models.encoder import Encoder
-from clerf_ray.models.head import PoseHead, head_input_dim
+from clerf_ray.models.head import PoseHead, head_input_dim, head_input_name, read_head_input
 
 VIEWS = (1, 2, 8)
 
@@ -55,7 +55,7 @@ class PoseModel(nn.Module):
         super().__init__()
         want = head_input_dim(encoder, head.config.input)
         if head.config.in_dim != want:
-            what = "num_features" if head.config.input == "features" else "embedding_dim"
+            what = head_input_name(head.config.input)
             raise ValueError(
                 f"head in_dim {head.config.in_dim} != encoder {what} {want} "
                 f"(the head reads the encoder's {head.config.input})"
@@ -81,10 +81,9 @@ class PoseModel(nn.Module):
         return self.encoder.preprocess(images)
 
     def head_input(self, images: torch.Tensor) -> torch.Tensor:
-        """What the head reads: the encoder's embedding or its pooled features."""
-        if self.head.config.input == "features":
-            return self.encoder.features(images)
-        return self.encoder(images)
+        """What the head reads: the encoder's embedding, its pooled features or its feature map
+        (``head.config.input``; :func:`clerf_ray.models.head.read_head_input`)."""
+        return read_head_input(self.encoder, images, self.head.config.input)
 
     def _single(self, images: torch.Tensor) -> torch.Tensor:
         if self.freeze_encoder:

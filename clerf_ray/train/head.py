@@ -19,6 +19,7 @@ renders (8,192 renders x 4 draws: 7.5 deg held-out median; 32,768 renders x 1: 7
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,8 @@ from clerf_ray.train import common
 
 class EmbedImages:
     """Ray Data callable class: ``image`` (B, H, W, 3) uint8 -> ``z`` (B, D) float32, what the
-    head reads from the frozen encoder (``model.head_input``: pooled features or the
-    embedding); ``R`` passes through."""
+    head reads from the frozen encoder (``model.head_input``: pooled features, the feature
+    map on its grid, or the embedding); ``R`` passes through."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class EmbedImages:
         amp: bool = False,
     ):
         from clerf_ray.models import create_encoder
+        from clerf_ray.models.head import read_head_input
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -50,7 +52,7 @@ class EmbedImages:
         self.encoder.load_state_dict(encoder_state)
         self.encoder.to(self.device).eval().requires_grad_(False)
         self.encoder = common.channels_last(self.encoder)
-        self.features = model_cfg.head_input == "features"
+        self.read = partial(read_head_input, input=model_cfg.head_input)
         # The encoder's mixed precision (pretrain.amp; common.amp_enabled): on the 2-core Xeon
         # VM bfloat16 embedded 850 images/s against 430 in float32, and a head on bfloat16
         # features did as well (8.4 against 8.5 deg median, one view, the same encoder).
@@ -59,7 +61,7 @@ class EmbedImages:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad(), common.autocast(self.device, self.amp):
             x = self.encoder.preprocess(batch["image"])
-            z = self.encoder.features(x) if self.features else self.encoder(x)
+            z = self.read(self.encoder, x)
         return {
             "z": z.float().cpu().numpy(),
             "R": np.asarray(batch["R"], dtype=np.float32).reshape(-1, 3, 3),

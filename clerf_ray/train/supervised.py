@@ -17,9 +17,11 @@ def build_baseline_model(cfg):
     """A ``PoseModel`` (encoder + head, ``freeze_encoder=False``) built from ``cfg.model`` for
     ``cfg.data.image_size`` pixels, with ``cfg.head.views`` test-time views, as CLERF's.
 
-    The head reads what CLERF's head reads (``cfg.model.head_input``). With ``"features"`` the
-    encoder's projection is unused: it is frozen (``requires_grad=False``) so that DDP does not
-    wait for gradients that never come. Every other parameter trains.
+    The head reads what CLERF's head reads (``cfg.model.head_input``). Parameters that input
+    does not depend on (the projection, for ``"features"``; also layers after the last feature
+    map, such as MobileNetV3's ``conv_head``, for ``"feature_map"``) are frozen
+    (``requires_grad=False``) so that DDP does not wait for gradients that never come. Every
+    other parameter trains.
     """
     from clerf_ray.models import PoseModel, create_encoder, create_head_for
 
@@ -27,10 +29,28 @@ def build_baseline_model(cfg):
     # Input standardisation holds fixed statistics of a frozen encoder's outputs; this encoder
     # trains, so the head takes its inputs as they come.
     head = create_head_for(encoder, cfg.model, standardize=False)
-    if head.config.input == "features":
-        encoder.projection.requires_grad_(False)
+    _freeze_unused(encoder, head.config.input, cfg.data.image_size)
     # The same test-time views as CLERF's registered head, so evaluations compare like with like.
     return PoseModel(encoder, head, freeze_encoder=False, views=cfg.head.views)
+
+
+def _freeze_unused(encoder, input: str, image_size: int) -> None:
+    """Freeze the encoder parameters that the head's input does not depend on, found by one
+    backward pass of two blank images (in eval mode, so BatchNorm's statistics stay as they
+    are): written here because which layers a timm model runs after its last feature map
+    differs by family, and DDP needs the unused ones marked."""
+    import torch
+
+    from clerf_ray.models.head import read_head_input
+
+    was_training = encoder.training
+    encoder.eval()
+    read_head_input(encoder, torch.zeros(2, 3, image_size, image_size), input).sum().backward()
+    for q in encoder.parameters():
+        if q.grad is None:
+            q.requires_grad_(False)
+        q.grad = None
+    encoder.train(was_training)
 
 
 def baseline_batch_size(cfg) -> int:
