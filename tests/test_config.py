@@ -177,9 +177,9 @@ def test_parameter_objects_built_from_a_default_config_carry_its_values():
     }
     head = create_head_for(enc, model)
     assert head.config.hidden == (48, 24)
-    assert head.config.input == model.head_input == "features"
+    assert head.config.input == model.head_input == "feature_map"
     assert head.config.standardize is model.head_standardize is True
-    assert head.config.in_dim == enc.num_features
+    assert head.config.in_dim == enc.feature_map_dim == 4 * enc.backbone.num_features
 
 
 def test_the_documented_laptop_defaults():
@@ -190,7 +190,8 @@ def test_the_documented_laptop_defaults():
     assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr) == (7, 64, 4e-3)
     assert cfg.pretrain.time_limit_s == 600.0
     assert (cfg.head.num_samples, cfg.head.draws, cfg.head.views) == (8192, 4, 8)
-    assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "features"
+    assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "feature_map"
+    assert cfg.pretrain.augment_in == "loop"
 
 
 @pytest.mark.parametrize(

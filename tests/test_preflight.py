@@ -39,6 +39,21 @@ def test_image_size_the_backbone_cannot_take():
     check_config(load_config(None, ["model.backbone=convnext_atto", "data.image_size=32"]))
 
 
+def test_feature_map_head_needs_a_backbone_with_a_spatial_map():
+    msg = problems(
+        [
+            "model.backbone=vit_tiny_patch16_224",
+            "data.image_size=224",
+            "model.head_input=feature_map",
+        ]
+    )
+    assert "model.head_input: 'feature_map' needs a backbone with a spatial feature map" in msg
+    assert "(2, 197, 192)" in msg
+    check_config(load_config(None, ["model.head_input=feature_map"]))
+    vit = ["model.backbone=vit_tiny_patch16_224", "data.image_size=224"]
+    check_config(load_config(None, [*vit, "model.head_input=features"]))
+
+
 def test_unknown_renderer_and_option():
     assert "data.renderer:" in problems(["data.renderer=nerf9000"])
     msg = problems(["data.renderer_options={lightning: frontal}"])

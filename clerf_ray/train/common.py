@@ -253,10 +253,12 @@ def fit(
         if in_memory:
             if held is None or dataset is None:
                 held = _read_columns(shard, collate)
-            batches = _memory_passes(held, passes, per_worker)
+            batches = clock.waits(_memory_passes(held, passes, per_worker))
+        elif transform is not None and getattr(section, "augment_in", "prefetch") == "loop":
+            batches = _loop_passes(shard, passes, per_worker, shuffle_buffer, clock, collate)
         else:
-            batches = _passes(shard, passes, per_worker, shuffle_buffer, collate)
-        for step, batch in enumerate(clock.waits(batches), start=1):
+            batches = clock.waits(_passes(shard, passes, per_worker, shuffle_buffer, collate))
+        for step, batch in enumerate(batches, start=1):
             clock.step_started()
             with autocast(device, amp):
                 loss, n = loss_step(batch)
@@ -343,8 +345,10 @@ class EpochClock:
     * ``first_batch_s``: from the epoch's start to its first batch (the dataset's start-up);
     * ``data_wait_s``: the training loop blocked waiting for batches (the first one included);
     * ``compute_s``: forward, backward (with DDP's all-reduce inside it) and optimiser steps;
-    * ``augment_s``: the epoch's transform (augmentation), in Ray Data's collate threads: it
-      overlaps the steps and costs the loop time only through ``data_wait_s``;
+    * ``augment_s``: the epoch's transform (augmentation): in Ray Data's collate threads with
+      ``augment_in="prefetch"``, where it overlaps the steps and costs the loop time only
+      through ``data_wait_s`` (and the cores it takes from the step); in the training thread
+      between steps with ``augment_in="loop"``;
     * ``allreduce_ms_per_step``, ``allreduce_overlap_ms_per_step``: DDP's own measure of the
       gradient all-reduce per backward and how much of it overlapped the backward's compute
       (only with more than one worker), from PyTorch's DDP logging data, which samples the
@@ -424,6 +428,22 @@ def _passes(shard, passes: int, per_worker: int, shuffle_buffer: int | None, col
             collate_fn=collate,
             local_shuffle_buffer_size=shuffle_buffer,
         )
+
+
+def _loop_passes(shard, passes, per_worker, shuffle_buffer, clock: EpochClock, collate):
+    # The transform in the training thread, between steps (``augment_in="loop"``): Ray Data's
+    # threads fetch numpy batches ahead, and only the wait for them counts as data_wait_s. On
+    # 2 cores a collate thread augmenting beside the step's two intra-op threads slowed every
+    # step more than the augmentation costs on its own (bench_train's (b) against (a)).
+    for _ in range(passes):
+        numpy_batches = shard.iter_batches(
+            batch_size=per_worker,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer,
+        )
+        for batch in clock.waits(numpy_batches):
+            yield collate(batch)
 
 
 def _read_columns(shard, collate) -> dict[str, torch.Tensor]:

@@ -168,3 +168,51 @@ def test_pretrained_hub_offline_error_names_the_option(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "ERR pretrained='hub'" in out.stdout and "resnet10t" in out.stdout
+
+
+def test_feature_map_keeps_the_grid_and_averages_to_the_pooled_features():
+    """At 128 px resnet10t's last map is 4 x 4: each of the 2 x 2 cells is the mean of its own
+    2 x 2 block of that map (sliced here by hand), channel-major, and the cells' mean is timm's
+    own global pooling (the pooled features)."""
+    torch.manual_seed(0)
+    enc = create_encoder(backbone="resnet10t", embedding_dim=16, image_size=128).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        fm = enc.backbone.forward_features(x)
+        got = enc.feature_map(x)
+        pooled = enc.features(x)
+    assert fm.shape == (2, 512, 4, 4)
+    assert got.shape == (2, enc.feature_map_dim) == (2, 512 * 4)
+    cells = got.reshape(2, 512, 2, 2)
+    for i in range(2):
+        for j in range(2):
+            block = fm[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3))
+            torch.testing.assert_close(cells[:, :, i, j], block)
+    torch.testing.assert_close(cells.mean(dim=(2, 3)), pooled)
+    # The cells are not copies of one another: the map keeps where in the image features lie.
+    assert not torch.allclose(cells[:, :, 0, 0], cells[:, :, 1, 1])
+
+
+def test_feature_map_of_a_channels_last_backbone_is_transposed_to_channels_first():
+    """Swin's stages give (B, H, W, C) = (1, 7, 7, 768): the grid must come from the spatial
+    axes. Adaptive pooling splits 7 rows into rows 0-3 and 3-6 (floor and ceiling of i * 7 / 2),
+    sliced here by hand from the channels-last map."""
+    torch.manual_seed(0)
+    enc = create_encoder(backbone="swin_tiny_patch4_window7_224", image_size=224).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        nhwc = enc.backbone.forward_features(x)
+        got = enc.feature_map(x)
+    assert nhwc.shape == (1, 7, 7, 768) and got.shape == (1, 768 * 4)
+    cells = got.reshape(1, 768, 2, 2)
+    spans = [(0, 4), (3, 7)]
+    for i, (r0, r1) in enumerate(spans):
+        for j, (c0, c1) in enumerate(spans):
+            block = nhwc[:, r0:r1, c0:c1, :].mean(dim=(1, 2))
+            torch.testing.assert_close(cells[:, :, i, j], block, atol=1e-5, rtol=1e-4)
+
+
+def test_feature_map_of_a_token_backbone_is_refused_by_name():
+    enc = create_encoder(backbone="vit_tiny_patch16_224", embedding_dim=16, image_size=224)
+    with pytest.raises(ValueError, match="head_input='feature_map'.*vit_tiny_patch16_224"):
+        enc.feature_map(torch.zeros(1, 3, 224, 224))

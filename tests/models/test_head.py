@@ -89,7 +89,7 @@ def test_factories_accept_configs_mappings_keywords_and_model_section():
         image_size=64,
     )
     assert create_head(in_dim=7).config == HeadConfig(
-        in_dim=7, hidden=(512, 512), input="features", standardize=True
+        in_dim=7, hidden=(512, 512), input="feature_map", standardize=True
     )
     with pytest.raises(TypeError, match="in_dim is required"):
         create_head()
@@ -101,9 +101,12 @@ def test_factories_accept_configs_mappings_keywords_and_model_section():
     assert enc.embedding_dim == 24 and enc.config.projection_hidden == section.projection_hidden
     head = create_head(section, in_dim=24)
     assert head.config == HeadConfig(in_dim=24, hidden=(40,), input="embedding", standardize=True)
-    # The default section: the head reads the pooled features, whose width is the backbone's.
+    # The default section: the head reads the feature map on its 2 x 2 grid, 4 x the backbone's
+    # 512 channels.
     head = create_head_for(enc, ModelSection(head_hidden=(40,)))
-    assert head.config == HeadConfig(in_dim=512, hidden=(40,), input="features", standardize=True)
+    assert head.config == HeadConfig(
+        in_dim=2048, hidden=(40,), input="feature_map", standardize=True
+    )
 
     with pytest.raises(TypeError, match="embeding_dim"):
         create_encoder(embeding_dim=8)

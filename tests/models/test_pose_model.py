@@ -13,6 +13,7 @@ from clerf_ray.models import (
     PoseModel,
     create_encoder,
     create_head,
+    create_head_for,
     load_model,
     save_model,
 )
@@ -51,6 +52,31 @@ def test_pose_model_checks_dimensions():
         PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=8))
     with pytest.raises(ValueError, match="num_features 512"):
         PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16, input="features"))
+    with pytest.raises(ValueError, match="feature_map_dim 2048"):
+        PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=512, input="feature_map"))
+
+
+def test_feature_map_model_reads_the_grid_and_survives_save_and_load(tmp_path, images):
+    """A head on the feature map gets 4 x 512 inputs at 32 px, where resnet10t's last map is
+    1 x 1: every grid cell repeats that one position, so the head's input is each channel of
+    the unpooled map four times over (built here by hand)."""
+    torch.manual_seed(4)
+    enc = create_encoder(**SMALL)
+    model = PoseModel(
+        enc, create_head_for(enc, hidden=(8,), input="feature_map", standardize=False)
+    )
+    x = model.preprocess(images)
+    with torch.no_grad():
+        fm = enc.backbone.forward_features(x)
+        assert fm.shape[-2:] == (1, 1)
+        by_hand = fm.reshape(len(x), 512, 1).repeat(1, 1, 4).reshape(len(x), 2048)
+        torch.testing.assert_close(model.head_input(x), by_hand)
+        R = model(x)
+    save_model(model, None, str(tmp_path / "m"))
+    loaded = load_model(str(tmp_path / "m"))
+    assert loaded.head.config.input == "feature_map" and loaded.head.config.in_dim == 2048
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), R)
 
 
 def _views_model(views: int) -> PoseModel:

@@ -4,6 +4,7 @@ reused across epochs), its loss falls on a fixed set, and a tiny run on Ray Trai
 ``clerf-baseline@candidate`` in a real sqlite MLflow store."""
 
 import numpy as np
+import pytest
 import torch
 
 from clerf_ray import geometry
@@ -51,6 +52,40 @@ def test_baseline_model_regresses_end_to_end():
     if model.head.config.input == "features":
         # The projection feeds nothing the head reads: frozen, so DDP waits for no gradient.
         assert not any(p.requires_grad for p in model.encoder.projection.parameters())
+
+
+@pytest.mark.parametrize(
+    "backbone, head_input",
+    [
+        ("resnet10t", "feature_map"),
+        ("mobilenetv3_small_100", "features"),
+        ("mobilenetv3_small_100", "feature_map"),
+    ],
+)
+def test_baseline_trains_exactly_the_parameters_its_head_input_reaches(backbone, head_input):
+    """What DDP needs: after a real backward pass every parameter left trainable has a
+    gradient, and every frozen one would have had none. MobileNetV3 widens its pooled features
+    in ``conv_head``, which the pooled features go through and the feature map does not."""
+    from clerf_ray.losses import geodesic_loss
+
+    cfg = load_config(None, [*TINY, f"model.backbone={backbone}", f"model.head_input={head_input}"])
+    model = build_baseline_model(cfg).train()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    R = torch.as_tensor(geometry.sample_rotations(4, seed=1), dtype=torch.float32)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    geodesic_loss(model(model.preprocess(images)), R).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert {n.split(".")[1] for n in frozen if n.startswith("encoder.")} >= {"projection"}
+    conv_head = any(n.startswith("encoder.backbone.conv_head.") for n in frozen)
+    assert conv_head == (backbone.startswith("mobilenet") and head_input == "feature_map")
+    # Unfrozen, the same parameters would get no gradient: they really are unused.
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(True)
+            p.grad = None
+    model.zero_grad(set_to_none=True)
+    geodesic_loss(model(model.preprocess(images)), R).backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
 
 
 def test_baseline_step_holds_as_many_images_as_a_clerf_step():

@@ -293,11 +293,12 @@ def _labelled_dataset(n: int, size: int, seed: int, poison: int | None = None):
     )
 
 
-@pytest.mark.parametrize("head_input", ["features", "embedding"])
+@pytest.mark.parametrize("head_input", ["features", "feature_map", "embedding"])
 def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path, head_input):
     """The encoder actors' outputs, with their labels, are what the encoder gives each image in
-    this process: the backbone's pooled features or the unit embedding, by ``model.head_input``
-    (rows are matched through their labels, whatever order Ray returns)."""
+    this process: the backbone's pooled features, its feature map on the 2 x 2 grid (at 32 px
+    resnet10t's map is 1 x 1, so each channel four times over) or the unit embedding, by
+    ``model.head_input`` (rows are matched through their labels, whatever order Ray returns)."""
     from clerf_ray.models import create_encoder
     from clerf_ray.train.head import build_head_embeddings
 
@@ -320,6 +321,10 @@ def test_head_embeddings_match_the_encoder_row_by_row(ray_cluster, tmp_path, hea
             if head_input == "features":
                 z = encoder.backbone(x).numpy()[0]
                 assert row["z"].shape == (512,)  # resnet10t's pooled width
+            elif head_input == "feature_map":
+                fm = encoder.backbone.forward_features(x).numpy()[0]
+                assert fm.shape == (512, 1, 1)
+                z = np.repeat(fm.reshape(512), 4)
             else:
                 z = encoder(x).numpy()[0]
                 assert row["z"].shape == (cfg.model.embedding_dim,)
@@ -477,19 +482,25 @@ def _memory_counter(path: str, driver_pid: int, before: set[int]):
     return Count()
 
 
+@pytest.mark.parametrize("augment_in", ["loop", "prefetch"])
 def test_pooled_pretraining_reads_one_dataset_and_augments_each_epoch_on_the_workers(
-    ray_cluster, tmp_path
+    ray_cluster, tmp_path, augment_in
 ):
     """A pooled run of many short epochs starts Ray Data once: one split coordinator is alive
     at every report, however many epochs have gone by (one per epoch, kept to the end of the
     run, used to add up to 0.2-0.7 GB each), memory stays flat, and every epoch gives each
-    pooled pair once, unaugmented, to the workers, which draw epoch ``e``'s augmentation."""
+    pooled pair once, unaugmented, to the workers, which draw epoch ``e``'s augmentation, in
+    the training thread or in Ray Data's collate threads (``pretrain.augment_in``)."""
     from clerf_ray.data.pairs import pretrain_inputs, render_pool
     from clerf_ray.train.runner import build_trainer, fit_stage
 
     epochs = 8
     cfg = tiny_config(
-        tmp_path, "data.num_pairs=16", "data.render_batch_size=4", f"pretrain.epochs={epochs}"
+        tmp_path,
+        "data.num_pairs=16",
+        "data.render_batch_size=4",
+        f"pretrain.epochs={epochs}",
+        f"pretrain.augment_in={augment_in}",
     )
     pair_cfg = cfg.data.pair_config(seed=cfg.seed)
     pool = render_pool(pair_cfg)
