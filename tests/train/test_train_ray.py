@@ -555,7 +555,7 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint_on_s3(
     stops it, and the error names epoch 1's checkpoint by its ``s3://`` URI, which loads."""
     import boto3
 
-    from clerf_ray.models import create_encoder
+    from clerf_ray.models import create_encoder, head_input_dim
     from clerf_ray.train.head import build_head_embeddings
 
     storage = f"s3://{s3['bucket']}/{tmp_path.name}/runs"
@@ -563,6 +563,7 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint_on_s3(
     out = tmp_path / "record"
     out.mkdir()
     encoder = create_encoder(cfg.model, image_size=cfg.data.image_size, pretrained=None)
+    width = head_input_dim(encoder, cfg.model.head_input)
     n = cfg.head.num_samples
     state = encoder.state_dict()
     with pytest.raises(common.NonFiniteLossError) as err:
@@ -572,9 +573,9 @@ def test_nan_label_in_epoch_two_stops_head_and_keeps_epoch_one_checkpoint_on_s3(
             loop_config={
                 "cfg": cfg.model_dump(mode="json"),
                 "num_samples": n,
-                "in_dim": encoder.num_features,
-                "input_mean": [0.0] * encoder.num_features,
-                "input_std": [1.0] * encoder.num_features,
+                "in_dim": width,
+                "input_mean": [0.0] * width,
+                "input_std": [1.0] * width,
             },
             section=cfg.head,
             datasets={
