@@ -64,8 +64,8 @@ def _rotate_image(image: np.ndarray, degrees: float, fill) -> np.ndarray:
         # (pixel centres at i + 0.5), as the affine map from output to input pixels that
         # Image.rotate builds (same rounding), with the output origin moved to the crop's
         # corner (pad, pad): PIL then resamples only the h x w pixels kept, not the whole
-        # padded image (the same pixels, 1.75x faster at 64 px; rotating the padded image and
-        # cropping was the augmentation's main cost).
+        # padded image (the same pixels up to one grey level at rounding ties; augment_batch
+        # x1.54, benchmarks/bench_augment.py).
         H, W = h + 2 * pad, w + 2 * pad
         a = -math.radians(degrees % 360.0)
         c, s = round(math.cos(a), 15), round(math.sin(a), 15)

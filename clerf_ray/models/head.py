@@ -148,6 +148,14 @@ def input_stats(batches) -> tuple[np.ndarray, np.ndarray]:
     return (shift + mean).astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
+# The encoder attribute that gives the width of each head input.
+_INPUT_WIDTH = {
+    "embedding": "embedding_dim",
+    "features": "num_features",
+    "feature_map": "feature_map_dim",
+}
+
+
 def _check_input(input: str) -> None:
     if input not in HEAD_INPUTS:
         raise ValueError(f"head input must be one of {HEAD_INPUTS}, got {input!r}")
@@ -155,16 +163,13 @@ def _check_input(input: str) -> None:
 
 def head_input_dim(encoder, input: str) -> int:
     """Width of what a head with ``input`` reads from ``encoder``."""
-    _check_input(input)
-    if input == "feature_map":
-        return encoder.feature_map_dim
-    return encoder.num_features if input == "features" else encoder.embedding_dim
+    return getattr(encoder, head_input_name(input))
 
 
 def head_input_name(input: str) -> str:
     """The encoder attribute that :func:`head_input_dim` reads, for error messages."""
     _check_input(input)
-    return {"embedding": "embedding_dim", "features": "num_features"}.get(input, "feature_map_dim")
+    return _INPUT_WIDTH[input]
 
 
 def read_head_input(encoder, x: torch.Tensor, input: str) -> torch.Tensor:

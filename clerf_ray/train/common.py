@@ -254,7 +254,7 @@ def fit(
             if held is None or dataset is None:
                 held = _read_columns(shard, collate)
             batches = clock.waits(_memory_passes(held, passes, per_worker))
-        elif transform is not None and getattr(section, "augment_in", "prefetch") == "loop":
+        elif transform is not None and section.augment_in == "loop":
             batches = _loop_passes(shard, passes, per_worker, shuffle_buffer, clock, collate)
         else:
             batches = clock.waits(_passes(shard, passes, per_worker, shuffle_buffer, collate))
