@@ -23,17 +23,39 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
-    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
-    warmup = max(1, int(round(total_steps * warmup_fraction)))
+class WarmupCosine:
+    """The learning-rate factor at a step: linear warm-up over the first ``warmup`` steps, then
+    cosine decay to zero at step ``total``.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    An object, not a closure, so that ``LambdaLR.state_dict`` saves its fields with each
+    checkpoint: :func:`fit` shortens ``total`` to fit a time limit, and a resumed run must go
+    on with the shortened schedule."""
+
+    def __init__(self, total_steps: int, warmup_fraction: float):
+        self.total = int(total_steps)
+        self.warmup = max(1, int(round(total_steps * warmup_fraction)))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup_fraction))
+
+
+def steps_in_time(
+    done: int, configured_total: int, time_left_s: float, seconds_per_step: float
+) -> int:
+    """The schedule's length in steps when ``time_left_s`` remains at step ``done``, each step
+    taking ``seconds_per_step``: as configured if that fits, else the steps that fit."""
+    if seconds_per_step <= 0:
+        return configured_total
+    fit_steps = math.floor(max(0.0, time_left_s) / seconds_per_step)
+    return min(configured_total, done + fit_steps)
 
 
 def use_gpu(setting: bool | str) -> bool:
@@ -190,7 +212,8 @@ def fit(
     Resumes from ``ray.train.get_checkpoint()``; reads ``{dataset_prefix}{epoch}`` shards; calls
     ``loss_step(batch) -> (loss, n_samples)``; stops cleanly on a non-finite loss (every rank,
     no retry, last good checkpoint kept); reports metrics and a checkpoint every epoch; honours
-    ``section.time_limit_s``. ``trainable`` (default ``model``) is what is checkpointed.
+    ``section.time_limit_s``: from the second epoch on, the learning-rate schedule is fitted to
+    the time left (see below). ``trainable`` (default ``model``) is what is checkpointed.
     An epoch makes ``passes`` passes over its shard (``steps`` counts the steps of all passes);
     ``shuffle_buffer`` rows are shuffled locally as batches are drawn (None: stream order). With
     ``in_memory`` the epoch's shard is read once into tensors and every pass is a full random
@@ -201,6 +224,13 @@ def fit(
     shard, so Ray Data starts once per run; with ``in_memory`` it is read once per run) instead
     of ``{dataset_prefix}{epoch}``. ``transform(numpy_batch, epoch) -> numpy_batch`` (for example
     the epoch's augmentation) runs on each batch before it becomes tensors.
+
+    With a time limit, before each epoch after the first the schedule's length is set to the
+    configured steps if they fit in the time left at the last epoch's seconds per step, else to
+    the steps that fit (:func:`steps_in_time`; the slowest rank's figures, so all ranks agree).
+    A slower machine then ends with the learning rate decayed to zero at the limit, possibly
+    inside an epoch, instead of being cut off mid-schedule; a machine fast enough for the
+    configured steps runs exactly them. The epoch that crosses the limit still stops the run.
 
     Returns:
         ``{"status": "ok" | "nonfinite" | "time_limit", "message": str, "history": [...],
@@ -240,7 +270,40 @@ def fit(
     progress = Progress(stage, section.epochs, steps)
     status, message = "ok", ""
     held = None  # the in-memory rows of a run-wide ``dataset``, read at the first epoch
+    # Written here: PyTorch's schedulers count steps and Ray Train has no notion of a time
+    # budget, so fitting the schedule to a wall-time limit is this loop's own.
+    schedule = scheduler.lr_lambdas[0]
+    configured_total = steps * section.epochs
     for epoch in range(start_epoch, section.epochs):
+        if section.time_limit_s is not None and history:
+            last = history[-1]
+            spent, per_step = max_over_ranks(
+                [
+                    elapsed,
+                    (last["epoch_s"] - last["first_batch_s"]) / max(1, len(last["step_losses"])),
+                ],
+                world,
+                device,
+            )
+            done = scheduler.last_epoch
+            schedule.total = steps_in_time(
+                done, configured_total, section.time_limit_s - spent, per_step
+            )
+            if schedule.total <= done:
+                status = "time_limit"
+                message = (
+                    f"{stage}: time limit {section.time_limit_s:.0f}s: no step fits after epoch "
+                    f"{epoch}; the schedule ended after {done} of {configured_total} steps"
+                )
+                if rank == 0:
+                    say(f"[{stage}] {message}")
+                break
+            if schedule.total < configured_total and rank == 0:
+                say(
+                    f"[{stage}] time limit {section.time_limit_s:.0f}s: the schedule is fitted "
+                    f"to {schedule.total} of {configured_total} steps "
+                    f"({per_step * 1000:.0f} ms/step, {section.time_limit_s - spent:.0f}s left)"
+                )
         t0 = time.monotonic()
         trainable.train()
         shard = ray.train.get_dataset_shard(dataset or f"{dataset_prefix}{epoch}")
@@ -283,7 +346,7 @@ def fit(
             seen += n * world
             if rank == 0:
                 progress.step(epoch, step, step_losses[-1], n * world, scheduler.get_last_lr()[0])
-            if step >= steps:
+            if step >= steps or scheduler.last_epoch >= schedule.total:
                 break
         if status == "nonfinite":
             break
@@ -319,6 +382,16 @@ def fit(
                 "history": history,
             }
         report_state({k: v for k, v in metrics.items() if k != "step_losses"}, state)
+        if scheduler.last_epoch >= schedule.total and schedule.total < configured_total:
+            status = "time_limit"
+            message = (
+                f"{stage}: time limit {section.time_limit_s:.0f}s: the schedule was fitted to it "
+                f"and ended after {schedule.total} of {configured_total} steps, in epoch "
+                f"{epoch + 1} ({elapsed:.0f}s)"
+            )
+            if rank == 0:
+                say(f"[{stage}] {message}")
+            break
         if (
             section.time_limit_s is not None
             and any_rank(elapsed >= section.time_limit_s, world, device)
@@ -499,6 +572,14 @@ def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
     if world_size > 1:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t.item() > 0
+
+
+def max_over_ranks(values: list[float], world_size: int, device: torch.device) -> list[float]:
+    """Each value's maximum over the ranks (every rank gets the same list)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
 
 
 def finite_everywhere(loss: torch.Tensor, world_size: int) -> bool:
