@@ -262,8 +262,8 @@ class OptimSection(_Section):
     time_limit_s: float | None = Field(
         None,
         gt=0,
-        description="wall time of the epochs: the schedule is fitted to it from epoch 2 on, and "
-        "the epoch that crosses it stops the run",
+        description="wall time of the epochs: from epoch 2 on, the run stops at the step where "
+        "the time runs out; an epoch that crosses it stops the run after that epoch",
     )
 
 
@@ -275,9 +275,9 @@ class PretrainSection(OptimSection):
         gt=0,
         description="epochs over the pool (the laptop default: 7, 8, 9 and 10 epochs gave 5.23, "
         "5.08, 4.84-5.04 and 4.68-5.13 deg held-out median in the default job on one VM, 9 "
-        "and 10 with head.passes=4; 12 is more than time_limit_s fits there in a slow spell, so "
-        "the schedule is fitted to the time and a fast spell spends its spare time on steps; "
-        "README)",
+        "and 10 with head.passes=4; 12 is more than time_limit_s fits there in a slow spell: "
+        "the run stops where the time runs out, and a fast spell spends its spare time on "
+        "steps; README)",
     )
     lr: float = Field(
         4e-3,
@@ -289,11 +289,10 @@ class PretrainSection(OptimSection):
     time_limit_s: float | None = Field(
         380.0,
         gt=0,
-        description="wall time of the pretraining epochs: from epoch 2 on, the learning-rate "
-        "schedule is shortened to the steps that fit in the time left, so a slower machine ends "
-        "at the limit with the schedule decayed (the laptop default's 10 epochs took 384-435 s "
-        "on one VM, and the rest of the job 176-216 s: 380 s keeps the job within 10 minutes "
-        "there); None: no limit",
+        description="wall time of the pretraining epochs: from epoch 2 on, the run stops at the "
+        "step where the time runs out, inside an epoch if need be (the laptop default's 10 "
+        "epochs took 384-435 s on one VM, and the rest of the job 176-216 s: 380 s keeps the "
+        "job within 10 minutes there); None: no limit",
     )
 
     m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")

@@ -1,4 +1,4 @@
-"""The default main job at full size (``pytest -m full``; CI skips it: about 15 minutes on 2 cores).
+"""The default main job at full size (``pytest -m full``; CI skips it: about 10 minutes on 2 cores).
 
 Runs ``python jobs/pretrain.py`` with no arguments in a fresh directory, then loads the registered
 head by alias and checks that it predicts poses of new renders of held-out identities with the
@@ -44,7 +44,7 @@ def test_default_job_reaches_its_accuracy(tmp_path):
     assert abs(again - median) < max(1.0, 0.25 * median)
     assert np.isfinite(again)
     # The bar for the laptop default (last: the checks above hold regardless): at most 5.0 deg
-    # (the aim 4.5). On the 2-core EPYC VM the default measured 4.88 and 4.95 deg (README); on
-    # the slower 2-core Xeon VM, where the 600 s limit stops pretraining early, it did not reach
-    # it (6.1-6.2 deg before the feature-map head and the extra epochs; not rerun since).
+    # (the aim 4.5). On the 2-core EPYC VM the default (12 epochs fitted to 380 s) measured 4.75
+    # and 4.48 deg (README); on the slower 2-core Xeon VM the defaults of 2026-12-02 did not
+    # reach it (6.1-6.2 deg; the present default was not run there).
     assert median <= 5.0, proc.stdout
