@@ -44,7 +44,7 @@ def test_default_job_reaches_its_accuracy(tmp_path):
     assert abs(again - median) < max(1.0, 0.25 * median)
     assert np.isfinite(again)
     # The bar for the laptop default (last: the checks above hold regardless): at most 5.0 deg
-    # (the aim 4.5). On the 2-core EPYC VM the default (12 epochs fitted to 380 s) measured 4.75
-    # and 4.48 deg (README); on the slower 2-core Xeon VM the defaults of 2026-12-02 did not
+    # (the aim 4.5). On the 2-core EPYC VM the default (12 epochs, stopped at 380 s) measured
+    # 4.72 and 4.49 deg (README); on the slower 2-core Xeon VM the defaults of 2026-12-02 did not
     # reach it (6.1-6.2 deg; the present default was not run there).
     assert median <= 5.0, proc.stdout
