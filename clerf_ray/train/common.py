@@ -554,21 +554,18 @@ def numeric_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return out
 
 
-def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
-    """Whether ``flag`` holds on at least one rank (every rank gets the same answer, so they
-    take the same branch; a rank stopping alone would leave the others waiting in a collective)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    if world_size > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.item() > 0
-
-
 def max_over_ranks(values: list[float], world_size: int, device: torch.device) -> list[float]:
     """Each value's maximum over the ranks (every rank gets the same list)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if world_size > 1:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t.tolist()
+
+
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """Whether ``flag`` holds on at least one rank (every rank gets the same answer, so they
+    take the same branch; a rank stopping alone would leave the others waiting in a collective)."""
+    return max_over_ranks([1.0 if flag else 0.0], world_size, device)[0] > 0
 
 
 def finite_everywhere(loss: torch.Tensor, world_size: int) -> bool:
