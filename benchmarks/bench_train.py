@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_train.py                            # 2048 pairs, 3 epochs, 64 px
     python benchmarks/bench_train.py --pairs 4096 --epochs 4 --json bench_train.json
     python benchmarks/bench_train.py --only a b pretrain.batch_size=32
+    python benchmarks/bench_train.py --only a b --pairs 4096 --rounds 3   # medians of 3 rounds
 
 The cases:
 
@@ -226,18 +227,32 @@ def summarise(case: str, out: dict, batch: int) -> dict:
     }
 
 
+def median_round(case: str, runs: dict[str, list[dict]]) -> dict:
+    """``case``'s round with the median steady samples/s (the lower middle one of an even
+    count), with ``round_ratios``: each round's samples/s over (a)'s in the same round."""
+    mine = runs[case]
+    row = dict(sorted(mine, key=lambda r: r["steady_samples_per_s"])[(len(mine) - 1) // 2])
+    if "a" in runs:
+        row["round_ratios"] = [
+            r["steady_samples_per_s"] / a["steady_samples_per_s"]
+            for r, a in zip(mine, runs["a"], strict=True)
+        ]
+    return row
+
+
 def table(rows: list[dict]) -> str:
     base = next((r["steady_samples_per_s"] for r in rows if r["case"] == "a"), None)
     lines = [
-        "| case | samples/s | vs (a) | start-up per run | per epoch | wait ms/step "
-        "| compute ms/step | augment ms/step | all-reduce ms/step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | samples/s | vs (a) | vs (a), each round | start-up per run | per epoch "
+        "| wait ms/step | compute ms/step | augment ms/step | all-reduce ms/step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         ratio = f"{r['steady_samples_per_s'] / base:.2f}" if base else "-"
+        each = ", ".join(f"{x:.2f}" for x in r.get("round_ratios", [])) or "-"
         ar = r.get("allreduce_ms_per_step")
         lines.append(
-            f"| ({r['case']}) {r['what']} | {r['steady_samples_per_s']:.1f} | {ratio} "
+            f"| ({r['case']}) {r['what']} | {r['steady_samples_per_s']:.1f} | {ratio} | {each} "
             f"| {r['startup_per_run_s']:.1f} s | {r['startup_per_epoch_s']:.2f} s "
             f"| {r['data_wait_ms_per_step']:.0f} | {r['compute_ms_per_step']:.0f} "
             f"| {r['augment_ms_per_step']:.0f} | {'-' if ar is None else f'{ar:.0f}'} |"
@@ -278,12 +293,22 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per case (the first is warm-up)")
     ap.add_argument("--size", type=int, default=64, help="image size (px)")
     ap.add_argument("--only", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cases this many times, interleaved (a b c d a b c d ...), and report each "
+        "case's median round and every round's ratio to (a)'s round beside it: a noisy machine "
+        "moves single runs by several percent",
+    )
     ap.add_argument("--config", default=None, help="a config YAML (default: the laptop default)")
     ap.add_argument("--json", default=None, help="write the figures here as JSON")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     ns = ap.parse_args(argv)
     if ns.epochs < 2:
         ap.error("--epochs must be at least 2: the first epoch is warm-up")
+    if ns.rounds < 1:
+        ap.error("--rounds must be at least 1")
 
     import ray
 
@@ -296,37 +321,43 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     pool = render_pool(cfg.data.pair_config(seed=cfg.seed))
     print(f"rendered a pool of {pool.count()} pairs in {time.monotonic() - t0:.0f}s", flush=True)
-    rows = []
+    runs = {case: [] for case in ns.only}  # every round's summary, per case
     with tempfile.TemporaryDirectory() as storage:
-        for case in ns.only:
-            print(f"({case}) {CASES[case]} ...", flush=True)
-            if case == "a":
-                out = run_plain(cfg, _pool_arrays(pool))
-            else:
-                threads = cfg.pretrain.torch_threads
-                c = cfg
-                if case == "c":
-                    c = cfg.model_copy(update={"data": cfg.data.model_copy(update={"pool": False})})
-                if case == "d":
-                    c = cfg.model_copy(
-                        update={
-                            "pretrain": cfg.pretrain.model_copy(
-                                update={
-                                    "num_workers": 2,
-                                    "cpus_per_worker": cfg.pretrain.cpus_per_worker / 2,
-                                    "torch_threads": max(1, (threads or 2) // 2),
-                                }
-                            )
-                        }
-                    )
-                out = run_ray(c, pool if case != "c" else None, storage, f"bench-{case}")
-            row = summarise(case, out, cfg.pretrain.batch_size)
-            rows.append(row)
-            print(
-                f"({case}) {row['steady_samples_per_s']:.1f} samples/s steady, "
-                f"start-up {row['startup_per_run_s']:.1f} s per run",
-                flush=True,
-            )
+        for rnd in range(ns.rounds):
+            for case in ns.only:
+                print(f"({case}) {CASES[case]}, round {rnd + 1} of {ns.rounds} ...", flush=True)
+                if case == "a":
+                    out = run_plain(cfg, _pool_arrays(pool))
+                else:
+                    threads = cfg.pretrain.torch_threads
+                    c = cfg
+                    if case == "c":
+                        c = cfg.model_copy(
+                            update={"data": cfg.data.model_copy(update={"pool": False})}
+                        )
+                    if case == "d":
+                        c = cfg.model_copy(
+                            update={
+                                "pretrain": cfg.pretrain.model_copy(
+                                    update={
+                                        "num_workers": 2,
+                                        "cpus_per_worker": cfg.pretrain.cpus_per_worker / 2,
+                                        "torch_threads": max(1, (threads or 2) // 2),
+                                    }
+                                )
+                            }
+                        )
+                    # A fresh run name per round: a name that holds a checkpoint would resume.
+                    name = f"bench-{case}-{rnd}"
+                    out = run_ray(c, pool if case != "c" else None, storage, name)
+                row = summarise(case, out, cfg.pretrain.batch_size)
+                runs[case].append(row)
+                print(
+                    f"({case}) {row['steady_samples_per_s']:.1f} samples/s steady, "
+                    f"start-up {row['startup_per_run_s']:.1f} s per run",
+                    flush=True,
+                )
+    rows = [median_round(case, runs) for case in ns.only]
     ray.shutdown()
     machine["load_average_end"] = os.getloadavg()
     settings = {
@@ -337,19 +368,23 @@ def main(argv=None) -> int:
         "batch_size": cfg.pretrain.batch_size,
         "torch_threads": cfg.pretrain.torch_threads,
         "augment": cfg.data.augment,
+        "rounds": ns.rounds,
         "overrides": ns.overrides,
     }
     print()
     print(table(rows))
     print(
         f"\n{settings['backbone']}, {ns.size} px, batch {settings['batch_size']}, "
-        f"{settings['torch_threads']} torch threads, {ns.pairs} pairs x {ns.epochs} epochs; "
+        f"{settings['torch_threads']} torch threads, {ns.pairs} pairs x {ns.epochs} epochs, "
+        f"{ns.rounds} round(s) (median round shown); "
         f"load average {machine['load_average_start'][0]:.1f} -> "
         f"{machine['load_average_end'][0]:.1f}"
     )
     if ns.json:
         Path(ns.json).write_text(
-            json.dumps({"machine": machine, "settings": settings, "cases": rows}, indent=2)
+            json.dumps(
+                {"machine": machine, "settings": settings, "cases": rows, "rounds": runs}, indent=2
+            )
         )
         print(f"wrote {ns.json}")
     return 0
