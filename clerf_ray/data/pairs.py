@@ -99,7 +99,7 @@ def augment_batch(
     }
 
 
-def _rendered(cfg: PairDataConfig, epoch: int):
+def _rendered(cfg: PairDataConfig, epoch: int, max_actors: int | None = None):
     """Pairs before augmentation: ``pair_id``, ``anchor``, ``positive``, ``R`` (N, 3, 3) float64,
     ``source`` and, where known, ``identity_a`` / ``identity_b``."""
     from clerf_ray.render import renderer_class
@@ -117,7 +117,7 @@ def _rendered(cfg: PairDataConfig, epoch: int):
             batch_format="numpy",
             num_cpus=cfg.stage_num_cpus,
         )
-        return ds.map_batches(RenderPairs, **render_stage_options(cfg))
+        return ds.map_batches(RenderPairs, **render_stage_options(cfg, max_actors))
     if cfg.source == "real_anchor":
         from clerf_ray.data.schema import read_labelled_numbered
 
@@ -134,7 +134,7 @@ def _rendered(cfg: PairDataConfig, epoch: int):
             batch_format="numpy",
             num_cpus=cfg.stage_num_cpus,
         )
-        return ds.map_batches(RenderPairs, **render_stage_options(cfg))
+        return ds.map_batches(RenderPairs, **render_stage_options(cfg, max_actors))
     return read_pair_shards(cfg.shards_path, num_cpus=cfg.stage_num_cpus).map_batches(
         decode_shards, batch_format="numpy", num_cpus=cfg.stage_num_cpus
     )
@@ -145,7 +145,7 @@ def render_pool(cfg: PairDataConfig):
     Ray's object store: a ``MaterializedDataset`` to pass to :func:`build_pair_dataset` as
     ``pool``. The in-memory counterpart of ``source="shards"``: render cost is paid once, and
     every epoch still draws fresh augmentations (new labels over all of SO(3))."""
-    return _rendered(cfg, epoch=0).materialize()
+    return _rendered(cfg, epoch=0, max_actors=cfg.pool_render_actors).materialize()
 
 
 def build_pair_dataset(cfg: PairDataConfig, epoch: int = 0, pool=None):

@@ -88,16 +88,25 @@ def image_size_of(cfg: PairDataConfig) -> int:
     return int(cfg.renderer_options["image_size"])
 
 
-def render_stage_options(cfg: PairDataConfig) -> dict[str, Any]:
+def render_stage_options(cfg: PairDataConfig, max_actors: int | None = None) -> dict[str, Any]:
     """The ``map_batches`` options of a renderer stage (pair or labelled renders): an actor pool
     of ``num_render_actors``, each asking for ``render_num_cpus``, ``render_num_gpus`` and the
-    custom ``render_resources`` (which is how cluster.yaml's renderer nodes get the actors)."""
+    custom ``render_resources`` (which is how cluster.yaml's renderer nodes get the actors).
+
+    With ``max_actors`` above ``num_render_actors`` the pool may grow to that many actors where
+    the cluster has the resources for them (Ray Data's actor autoscaling): for a stage that runs
+    alone, such as the render pool before pretraining, when nothing else needs the CPUs."""
     import ray.data
 
     from clerf_ray.render import renderer_class
 
+    n = cfg.num_render_actors
+    if max_actors is not None and max_actors > n:
+        compute = ray.data.ActorPoolStrategy(min_size=n, max_size=max_actors)
+    else:
+        compute = ray.data.ActorPoolStrategy(size=n)
     return dict(
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_render_actors),
+        compute=compute,
         fn_constructor_kwargs={
             "factory": RendererFactory(renderer_class(cfg.renderer)),
             "renderer_options": dict(cfg.renderer_options),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from clerf_ray.config import Config
 from clerf_ray.ray_init import init_ray
 from clerf_ray.runs.common import (
+    check_cpus_fit,
     evaluate_heldout,
     log,
     log_history,
@@ -46,6 +47,7 @@ def run_recipe(cfg: Config) -> RecipeResult:
     t_start = time.monotonic()
     timings: dict[str, float] = {}
     init_ray()
+    check_cpus_fit(cfg)
     uri = registry.setup(cfg.tracking.tracking_uri, cfg.tracking.experiment)
     name = cfg.run_name or time.strftime("clerf-%Y%m%d-%H%M%S")
     log(f"run {name}: tracking at {uri}, checkpoints under {cfg.storage_path}/{name}-*")

@@ -44,7 +44,13 @@ import numpy as np
 from clerf_ray.config import Config, apply_overrides
 from clerf_ray.data.shard_files import resolve
 from clerf_ray.ray_init import init_ray
-from clerf_ray.runs.common import log_history, log_run_config, pretrain_pool, train_head_stage
+from clerf_ray.runs.common import (
+    log_history,
+    log_run_config,
+    pretrain_pool,
+    pretraining_cpus,
+    train_head_stage,
+)
 
 META_FILE = "clerf_search.json"
 FINAL = "final"
@@ -153,13 +159,7 @@ def trials_at_once(cfg: Config) -> int:
 
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
-    d, p = cfg.data, cfg.pretrain
-    need = (
-        p.num_workers * p.cpus_per_worker
-        + d.num_render_actors * d.render_num_cpus
-        + d.stage_num_cpus
-        + cfg.tune.trial_cpus
-    )
+    need = sum(pretraining_cpus(cfg, live_renders=True).values()) + cfg.tune.trial_cpus
     return max(1, int(ray.cluster_resources().get("CPU", 1) // need))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from clerf_ray import geometry
 from clerf_ray.config import PairDataConfig
-from clerf_ray.data.pairs import build_pair_dataset, write_pair_shards
+from clerf_ray.data.pairs import build_pair_dataset, render_pool, write_pair_shards
 from clerf_ray.data.schema import make_table
 from clerf_ray.data.shards import list_shards, read_report, resolve, write_shards
 from clerf_ray.render import PoseRange, make_renderer, register_renderer
@@ -157,6 +157,26 @@ def test_so3_poses_cover_the_rotation_group_unaugmented_pairs_are_renders(ray_cl
     assert image_error(rows["anchor"][:20], a) < 0.5
     assert image_error(rows["positive"][:20], p) < 0.5
     assert image_error(rows["anchor"][:20], p) > 5.0  # two identities, not one
+
+
+def test_a_pool_rendered_by_a_growing_actor_pool_holds_the_renders_of_its_pairs(ray_cluster):
+    # The render pool may grow from num_render_actors (1) to pool_render_actors (3) actors; the
+    # pairs must be those of the renderer called directly, each pair once.
+    options = {**OPTIONS, "image_size": 16}
+    cfg = small_cfg(
+        num_pairs=48,
+        render_batch_size=4,
+        augment="none",
+        renderer_options=options,
+        pool_render_actors=3,
+    )
+    rows = consume(render_pool(cfg))
+    np.testing.assert_array_equal(rows["pair_id"], np.arange(48))
+    small = make_renderer("procedural", **options)
+    R = rows["R"].astype(np.float64)
+    assert image_error(rows["anchor"], small.render(rows["identity_a"], R)) < 0.5
+    assert image_error(rows["positive"], small.render(rows["identity_b"], R)) < 0.5
+    assert image_error(rows["anchor"], small.render(rows["identity_b"], R)) > 5.0
 
 
 # --------------------------------------------------------------------------- limited pose range
@@ -470,6 +490,7 @@ def test_shards_read_back_with_fresh_augmentation(pair_shards, renderer):
         ({"augment": "heavy"}, "data.augment"),
         ({"render_batch_size": 0}, "data.render_batch_size"),
         ({"num_render_actors": 0}, "data.num_render_actors"),
+        ({"pool_render_actors": 0}, "data.pool_render_actors"),
         ({"stage_num_cpus": -0.5}, "data.stage_num_cpus"),
         ({"render_num_gpus": -1.0}, "data.render_num_gpus"),
     ],
