@@ -299,12 +299,12 @@ class PretrainSection(OptimSection):
     )
 
     time_limit_s: float | None = Field(
-        380.0,
+        400.0,
         gt=0,
         description="wall time of the pretraining epochs: from epoch 2 on, the run stops at the "
-        "step where the time runs out, inside an epoch if need be (the laptop default's 10 "
-        "epochs took 384-435 s on one VM, and the rest of the job 176-216 s: 380 s keeps the "
-        "job within 10 minutes there); None: no limit",
+        "step where the time runs out, inside an epoch if need be (the rest of the laptop "
+        "default's job took 160-216 s on two VMs with a one-actor pool, about 10 s less with "
+        "data.pool_render_actors=2: 400 s keeps the job within 10 minutes there); None: no limit",
     )
 
     m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")

@@ -187,9 +187,10 @@ def test_the_documented_laptop_defaults():
     recipe: say what it bought)."""
     cfg = Config()
     assert (cfg.data.image_size, cfg.data.num_pairs, cfg.data.pool) == (64, 8192, True)
+    assert cfg.data.pool_render_actors == 2
     assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr) == (12, 64, 4e-3)
     assert (cfg.head.epochs, cfg.head.passes) == (4, 4)
-    assert cfg.pretrain.time_limit_s == 380.0
+    assert cfg.pretrain.time_limit_s == 400.0
     assert (cfg.head.num_samples, cfg.head.draws, cfg.head.views) == (8192, 4, 8)
     assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "feature_map"
     assert cfg.pretrain.augment_in == "loop"
