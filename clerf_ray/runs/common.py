@@ -187,41 +187,55 @@ def pretraining_cpus(cfg: Config, *, live_renders: bool | None = None) -> dict[s
     return need
 
 
+def pool_cpus(cfg: Config) -> dict[str, float]:
+    """The CPU budgets the render pool needs at once (``data.pool``): its renderer actors (at
+    least ``num_render_actors``; it grows to ``pool_render_actors`` only where they fit) and
+    the light-stage task that samples their poses. Empty without a pool."""
+    d = cfg.data
+    if not d.pool or d.source == "shards":
+        return {}
+    return {
+        "data.num_render_actors x data.render_num_cpus": d.num_render_actors * d.render_num_cpus,
+        "data.stage_num_cpus": d.stage_num_cpus,
+    }
+
+
 def check_cpus_fit(cfg: Config) -> None:
-    """Refuse, with the options to change, a pretraining whose parts cannot all have their CPUs
-    at once on a one-node cluster of CPUs only (a laptop, or ``ray start --head`` alone).
+    """Refuse, with the options to change, a render pool or a pretraining whose parts cannot all
+    have their CPUs at once on a one-node cluster of CPUs only (a laptop, or ``ray start --head``
+    alone).
 
     Ray schedules an actor or task only when its whole request fits, and Ray Data waits for
     its renderer actors' CPUs as long as it takes: such a run hangs with no error (for example
-    ``data.num_render_actors=2`` with live renders on 2 cores: 1 + 2 x 0.5 + 0.25 = 2.25 CPUs).
-    Where the config asks for GPUs or custom resources, or the cluster has several nodes, more
-    nodes may come (an autoscaler): then it only warns.
+    ``data.num_render_actors=2`` with live renders on 2 cores: 1 + 2 x 0.5 + 0.25 = 2.25 CPUs;
+    or a pool of ``data.num_render_actors=4``: 4 x 0.5 + 0.25). Where the config asks for GPUs
+    or custom resources, or the cluster has several nodes, more nodes may come (an autoscaler):
+    then it only warns.
     """
     import ray
 
-    need = pretraining_cpus(cfg)
-    total = sum(need.values())
     have = float(ray.cluster_resources().get("CPU", 0.0))
-    if total <= have + 1e-9:
-        return
     d, p = cfg.data, cfg.pretrain
-    parts = " + ".join(f"{k} {v:g}" for k, v in need.items())
-    msg = (
-        f"pretraining needs {total:g} CPUs at once ({parts}) but the Ray cluster has {have:g}: "
-        "Ray would wait for CPUs that never come, with no error. Lower data.render_num_cpus, "
-        "data.num_render_actors or pretrain.cpus_per_worker (fractions are fine), or give Ray "
-        "more CPUs"
-    )
     may_grow = (
         len(ray.nodes()) > 1
         or bool(p.worker_resources or d.render_resources)
         or d.render_num_gpus > 0
         or p.use_gpu is True
     )
-    if may_grow:
+    for what, need in (("the render pool", pool_cpus(cfg)), ("pretraining", pretraining_cpus(cfg))):
+        total = sum(need.values())
+        if total <= have + 1e-9:
+            continue
+        parts = " + ".join(f"{k} {v:g}" for k, v in need.items())
+        msg = (
+            f"{what} needs {total:g} CPUs at once ({parts}) but the Ray cluster has {have:g}: "
+            "Ray would wait for CPUs that never come, with no error. Lower data.render_num_cpus, "
+            "data.num_render_actors or pretrain.cpus_per_worker (fractions are fine), or give "
+            "Ray more CPUs"
+        )
+        if not may_grow:
+            raise ValueError(msg)
         log(f"warning: {msg}, unless the cluster grows")
-        return
-    raise ValueError(msg)
 
 
 def pretrain_pool(cfg: Config, pair_cfg):

@@ -56,6 +56,16 @@ def test_fractional_budgets_fit_and_pool_training_counts_only_the_workers(ray_cl
         check_cpus_fit(live)
 
 
+def test_a_render_pool_whose_actors_cannot_all_start_is_refused(ray_cluster):
+    # The pool renders before the workers start, but its actors and the task sampling their
+    # poses must fit together: 4 x 0.5 + 0.25 = 2.25 CPUs on 2 (this hung with no error);
+    # 4 x 0.5 + 0 = 2.0 ran.
+    pool = ["data.pool=true", "data.num_render_actors=4", "data.render_num_cpus=0.5"]
+    with pytest.raises(ValueError, match="the render pool needs 2.25 CPUs at once"):
+        check_cpus_fit(load_config(None, [*pool, "data.stage_num_cpus=0.25"]))
+    check_cpus_fit(load_config(None, [*pool, "data.stage_num_cpus=0"]))
+
+
 def test_a_config_for_nodes_that_may_come_only_warns(ray_cluster, capsys):
     # Custom resources name nodes an autoscaler may add (cluster.yaml's trainer nodes).
     cfg = load_config(None, [*LIVE_TWO_ACTORS, "pretrain.worker_resources={trainer: 1}"])
