@@ -200,6 +200,24 @@ def run_ray(cfg, pool, storage: str, name: str) -> dict:
     return {"wall_s": wall, "epochs": epochs}
 
 
+def run_case(case: str, cfg, pool, storage: str, name: str) -> dict:
+    """One case's run (module docstring); ``name`` must be new for every run of a Ray case: a
+    Train run whose name already holds a checkpoint would resume it."""
+    if case == "a":
+        return run_plain(cfg, _pool_arrays(pool))
+    if case == "c":
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"pool": False})})
+    if case == "d":
+        p = cfg.pretrain
+        two = {
+            "num_workers": 2,
+            "cpus_per_worker": p.cpus_per_worker / 2,
+            "torch_threads": max(1, (p.torch_threads or 2) // 2),
+        }
+        cfg = cfg.model_copy(update={"pretrain": p.model_copy(update=two)})
+    return run_ray(cfg, pool if case != "c" else None, storage, name)
+
+
 def summarise(case: str, out: dict, batch: int) -> dict:
     """Steady samples/s (epochs after the first, without their first batch), start-ups, split."""
     epochs = out["epochs"]
@@ -326,30 +344,7 @@ def main(argv=None) -> int:
         for rnd in range(ns.rounds):
             for case in ns.only:
                 print(f"({case}) {CASES[case]}, round {rnd + 1} of {ns.rounds} ...", flush=True)
-                if case == "a":
-                    out = run_plain(cfg, _pool_arrays(pool))
-                else:
-                    threads = cfg.pretrain.torch_threads
-                    c = cfg
-                    if case == "c":
-                        c = cfg.model_copy(
-                            update={"data": cfg.data.model_copy(update={"pool": False})}
-                        )
-                    if case == "d":
-                        c = cfg.model_copy(
-                            update={
-                                "pretrain": cfg.pretrain.model_copy(
-                                    update={
-                                        "num_workers": 2,
-                                        "cpus_per_worker": cfg.pretrain.cpus_per_worker / 2,
-                                        "torch_threads": max(1, (threads or 2) // 2),
-                                    }
-                                )
-                            }
-                        )
-                    # A fresh run name per round: a name that holds a checkpoint would resume.
-                    name = f"bench-{case}-{rnd}"
-                    out = run_ray(c, pool if case != "c" else None, storage, name)
+                out = run_case(case, cfg, pool, storage, name=f"bench-{case}-{rnd}")
                 row = summarise(case, out, cfg.pretrain.batch_size)
                 runs[case].append(row)
                 print(

@@ -170,34 +170,41 @@ def evaluate_heldout(cfg: Config, model) -> dict[str, float]:
     return metrics
 
 
-def pretraining_cpus(cfg: Config, *, live_renders: bool | None = None) -> dict[str, float]:
-    """The CPU budgets that must all be granted at once for pretraining to move, by option:
-    the Train workers, and with live renders (``data.pool`` off, or ``live_renders``) the
-    renderer actors and one light-stage task that feeds them (sampling, decoding)."""
-    d, p = cfg.data, cfg.pretrain
-    need = {"pretrain.num_workers x pretrain.cpus_per_worker": p.num_workers * p.cpus_per_worker}
-    if live_renders is None:
-        live_renders = not d.pool and d.source != "shards"
-    if live_renders:
-        need["data.num_render_actors x data.render_num_cpus"] = (
-            d.num_render_actors * d.render_num_cpus
-        )
-    if live_renders or d.source == "shards":
-        need["data.stage_num_cpus"] = d.stage_num_cpus
-    return need
+def renders_a_pool(cfg: Config) -> bool:
+    """Whether the run renders its pairs once into a pool (``data.pool``; shards are already
+    rendered)."""
+    return cfg.data.pool and cfg.data.source != "shards"
 
 
-def pool_cpus(cfg: Config) -> dict[str, float]:
-    """The CPU budgets the render pool needs at once (``data.pool``): its renderer actors (at
-    least ``num_render_actors``; it grows to ``pool_render_actors`` only where they fit) and
-    the light-stage task that samples their poses. Empty without a pool."""
+def _render_stage_cpus(cfg: Config) -> dict[str, float]:
+    """The renderer actors' CPUs and the light-stage task that feeds them (sampling, decoding)."""
     d = cfg.data
-    if not d.pool or d.source == "shards":
-        return {}
     return {
         "data.num_render_actors x data.render_num_cpus": d.num_render_actors * d.render_num_cpus,
         "data.stage_num_cpus": d.stage_num_cpus,
     }
+
+
+def pretraining_cpus(cfg: Config, *, live_renders: bool | None = None) -> dict[str, float]:
+    """The CPU budgets that must all be granted at once for pretraining to move, by option:
+    the Train workers, and with live renders (``data.pool`` off, or ``live_renders``) the
+    renderer actors and one light-stage task that feeds them; from shards, that task alone."""
+    p = cfg.pretrain
+    need = {"pretrain.num_workers x pretrain.cpus_per_worker": p.num_workers * p.cpus_per_worker}
+    if live_renders is None:
+        live_renders = not renders_a_pool(cfg) and cfg.data.source != "shards"
+    if live_renders:
+        need.update(_render_stage_cpus(cfg))
+    elif cfg.data.source == "shards":
+        need["data.stage_num_cpus"] = cfg.data.stage_num_cpus
+    return need
+
+
+def pool_cpus(cfg: Config) -> dict[str, float]:
+    """The CPU budgets the render pool needs at once: its renderer actors (at least
+    ``num_render_actors``; it grows to ``pool_render_actors`` only where they fit) and the
+    light-stage task that samples their poses. Empty without a pool."""
+    return _render_stage_cpus(cfg) if renders_a_pool(cfg) else {}
 
 
 def check_cpus_fit(cfg: Config) -> None:
@@ -243,7 +250,7 @@ def pretrain_pool(cfg: Config, pair_cfg):
     epoch to reuse with fresh augmentation; else None (new renders every epoch)."""
     from clerf_ray.data.pairs import render_pool
 
-    if not cfg.data.pool or cfg.data.source == "shards":
+    if not renders_a_pool(cfg):
         return None
     t0 = time.monotonic()
     log(
