@@ -390,3 +390,71 @@ def test_skipping_unused_hair_primitives_leaves_the_trace_unchanged():
     t, k = r._trace(*args, heads.active)
     t_all, k_all = r._trace(*args, np.ones_like(heads.active))
     assert torch.equal(t, t_all) and torch.equal(k, k_all)
+
+
+def _brute_force_hits(identities, R, u, v):
+    """Whether the camera ray through image-plane point (u, v) (head units, x right, y down)
+    meets any of the head's ellipsoids, in float64 numpy (N, P), and the smallest |discriminant|
+    over the ellipsoids (how close the ray passes to an outline), written from the geometry in
+    ``clerf_ray.render.procedural``'s docstring: the ray is ``u ex + v ey + t d`` with ex, ey, d
+    the rows of ``to_camera(R)``, and a point p is inside an ellipsoid when |S (p - c)| <= 1."""
+    from clerf_ray.render import procedural as P
+
+    heads = P._Heads(identities)
+    R_cam = geometry.to_camera(R)
+    hit = np.zeros((len(identities), len(u)), dtype=bool)
+    closest = np.full(hit.shape, np.inf)
+    for k in range(P.N_PRIM):
+        S, c = heads.S[:, k], heads.centre[:, k]  # (N, 3, 3), (N, 3)
+        origin = u[None, :, None] * R_cam[:, None, 0] + v[None, :, None] * R_cam[:, None, 1]
+        q0 = np.einsum("nij,npj->npi", S, origin - c[:, None])
+        qd = np.einsum("nij,nj->ni", S, R_cam[:, 2])[:, None]
+        a, b = (qd * qd).sum(-1), (q0 * qd).sum(-1)
+        disc = b * b - a * ((q0 * q0).sum(-1) - 1.0)
+        hit |= disc >= 0
+        closest = np.minimum(closest, np.abs(disc))
+    return hit, closest
+
+
+@pytest.mark.parametrize("options", [{}, {"supersample": 2}])
+def test_coverage_is_the_filter_over_brute_force_ray_casts(options):
+    """Head coverage per pixel is the anti-aliasing filter's average of independent float64 ray
+    casts: quincunx (the default) weighs the pixel centre 1/2 and each of its four corners 1/8;
+    the 2x2 grid averages four rays at the quarter points."""
+    size, extent = 24, 0.76  # EXTENT in head units: pixel j spans [j, j + 1) * 2 extent / size
+    ids = np.array([3, 11, 42, 7, 99, 5])
+    R = geometry.sample_rotations(len(ids), seed=12)
+    _, mask = make_renderer("procedural", image_size=size, **options).render(
+        ids, R, return_mask=True
+    )
+    pix = 2 * extent / size
+    jj, ii = np.meshgrid(np.arange(size), np.arange(size))  # column j, row i
+    if options:
+        offsets = [(dx, dy, 0.25) for dx in (0.25, 0.75) for dy in (0.25, 0.75)]
+    else:
+        offsets = [(0.5, 0.5, 0.5)] + [(dx, dy, 0.125) for dx in (0, 1) for dy in (0, 1)]
+    expected = np.zeros(mask.shape)
+    near_outline = np.zeros(mask.shape, dtype=bool)
+    for dx, dy, weight in offsets:
+        u = ((jj + dx) * pix - extent).reshape(-1)
+        v = ((ii + dy) * pix - extent).reshape(-1)
+        hit, closest = _brute_force_hits(ids, R, u, v)
+        expected += weight * hit.reshape(mask.shape)
+        near_outline |= (closest < 1e-5).reshape(mask.shape)
+    edge = (expected > 0) & (expected < 1)
+    assert edge.sum() > 20 * len(ids), "the test needs anti-aliased silhouette pixels"
+    assert set(np.unique(expected)) > {0.0, 1.0}
+    # float32 against float64 can only disagree on rays that graze an outline.
+    wrong = np.abs(mask - expected) > 1e-6
+    assert not (wrong & ~near_outline).any(), np.argwhere(wrong & ~near_outline)[:5]
+    assert wrong.sum() <= 2, wrong.sum()
+
+
+def test_antialias_option_errors():
+    with pytest.raises(ValueError, match="antialias"):
+        make_renderer("procedural", antialias="msaa")
+    with pytest.raises(ValueError, match="supersample applies to antialias='grid'"):
+        make_renderer("procedural", antialias="quincunx", supersample=2)
+    r = make_renderer("procedural", antialias="grid")
+    assert (r.antialias, r.supersample) == ("grid", 2)
+    assert make_renderer("procedural").antialias == "quincunx"
