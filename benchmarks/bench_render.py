@@ -6,11 +6,20 @@ Usage::
     python benchmarks/bench_render.py --sizes 64 96 128 --batch 64 --images 1024
     python benchmarks/bench_render.py --option supersample=1
     python benchmarks/bench_render.py --sizes 64 --profile  # where the procedural renderer's time goes
+    python benchmarks/bench_render.py --sizes 64 --vs supersample=2 --quality --json out.json
 
 Poses are uniform over SO(3) and identities distinct, as in pre-training. One warm-up batch is
 rendered first; the figures are the best of ``--repeats`` timed passes. ``images/s`` is wall-clock
 throughput; ``images/cpu-s`` divides by the process's CPU time instead, which stays meaningful on
 a shared machine where other processes take turns on the core.
+
+``--vs KEY=VALUE[,KEY=VALUE...]`` adds a case with those renderer options (on top of
+``--option``'s); the cases' timed passes are interleaved (case 1, case 2, ..., then again) so that
+a slow spell of a shared machine hits them alike, and each case's ratio to the first is printed.
+``--quality`` also renders every case's images against a reference (``--reference``, by default
+the 8 x 8 supersampled grid, ``supersample=8``) of the same identities and poses and reports the
+mean absolute difference in grey levels (0-255), its 99.9th percentile and the share of values off
+by more than 16.
 
 ``--profile`` (procedural renderer only) splits each size's best pass into the renderer's stages:
 building the heads, tracing the subsample rays, shading each primitive group's hits, and the
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import time
 
@@ -109,25 +119,71 @@ def print_profile(r: dict) -> None:
         print(f"  {labels[name]:<44} {v:7.3f} ms  {v / ms:5.1%}")
 
 
-def bench(name: str, size: int, batch: int, images: int, repeats: int, options: dict) -> dict:
-    renderer = make_renderer(name, image_size=size, **options)
-    R = geometry.sample_rotations(images, seed=0)
-    ids = np.arange(images, dtype=np.int64)
-    renderer.render(ids[:batch], R[:batch])  # warm-up: allocations, lazy initialisation
-    best, best_cpu = float("inf"), float("inf")
+def _poses(images: int):
+    return np.arange(images, dtype=np.int64), geometry.sample_rotations(images, seed=0)
+
+
+def _timed_pass(renderer, ids, R, batch: int) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in range(0, len(ids), batch):
+        renderer.render(ids[s : s + batch], R[s : s + batch])
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench(
+    name: str, size: int, batch: int, images: int, repeats: int, cases: list[dict]
+) -> list[dict]:
+    """Best of ``repeats`` passes per case, the cases' passes interleaved (see the docstring)."""
+    renderers = [make_renderer(name, image_size=size, **options) for options in cases]
+    ids, R = _poses(images)
+    for renderer in renderers:
+        renderer.render(ids[:batch], R[:batch])  # warm-up: allocations, lazy initialisation
+    best = [[float("inf"), float("inf")] for _ in cases]
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for s in range(0, images, batch):
-            renderer.render(ids[s : s + batch], R[s : s + batch])
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return {
-        "size": size,
-        "batch": batch,
-        "images_per_s": images / best,
-        "ms_per_image": 1e3 * best / images,
-        "images_per_cpu_s": images / best_cpu,
-    }
+        for i, renderer in enumerate(renderers):
+            wall, cpu = _timed_pass(renderer, ids, R, batch)
+            best[i] = [min(best[i][0], wall), min(best[i][1], cpu)]
+    return [
+        {
+            "size": size,
+            "batch": batch,
+            "options": options,
+            "images_per_s": images / wall,
+            "ms_per_image": 1e3 * wall / images,
+            "images_per_cpu_s": images / cpu,
+            "vs_first": best[0][0] / wall,
+        }
+        for options, (wall, cpu) in zip(cases, best, strict=True)
+    ]
+
+
+def quality(name: str, size: int, images: int, cases: list[dict], reference: dict) -> list[dict]:
+    """Each case's images against the reference renderer's, same identities and poses."""
+    ids, R = _poses(images)
+    ref = make_renderer(name, image_size=size, **reference).render(ids, R).astype(np.float64)
+    out = []
+    for options in cases:
+        img = make_renderer(name, image_size=size, **options).render(ids, R)
+        diff = np.abs(img.astype(np.float64) - ref)
+        out.append(
+            {
+                "mean_abs_diff": float(diff.mean()),
+                "p99_9_abs_diff": float(np.percentile(diff, 99.9)),
+                "share_off_by_over_16": float((diff > 16).mean()),
+            }
+        )
+    return out
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for o in items:
+        key, value = o.split("=", 1)
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def main(argv=None) -> None:
@@ -141,6 +197,20 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="another case: these renderer options on top of --option's (repeatable)",
+    )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also compare every case's images with --reference's (mean abs. difference)",
+    )
+    p.add_argument("--reference", default="supersample=8", metavar="KEY=VALUE[,KEY=VALUE]")
+    p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -159,24 +229,54 @@ def main(argv=None) -> None:
     cores = ns.cores if ns.cores is not None else ([0] if ns.threads == 1 else None)
     if cores is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cores))
-    options = {}
-    for o in ns.option:
-        key, value = o.split("=", 1)
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
+    options = _parse_options(ns.option)
+    cases = [options] + [{**options, **_parse_options(v.split(","))} for v in ns.vs]
     print(
         f"renderer={ns.renderer} threads={ns.threads} cores={cores or 'all'} options={options} "
         f"torch={torch.__version__}"
     )
-    print(f"{'size':>6} {'batch':>6} {'images/s':>10} {'ms/image':>10} {'images/cpu-s':>13}")
+    header = f"{'size':>6} {'batch':>6} {'images/s':>10} {'ms/image':>10} {'images/cpu-s':>13}"
+    if len(cases) > 1:
+        header += f" {'vs first':>9}  options"
+    print(header)
+    results = []
     for size in ns.sizes:
-        r = bench(ns.renderer, size, ns.batch, ns.images, ns.repeats, options)
-        print(
-            f"{r['size']:>6} {r['batch']:>6} {r['images_per_s']:>10.1f} {r['ms_per_image']:>10.2f}"
-            f" {r['images_per_cpu_s']:>13.1f}"
-        )
+        rows = bench(ns.renderer, size, ns.batch, ns.images, ns.repeats, cases)
+        if ns.quality:
+            reference = _parse_options(ns.reference.split(","))
+            for row, q in zip(
+                rows, quality(ns.renderer, size, ns.images, cases, reference), strict=True
+            ):
+                row.update(q, reference=reference)
+        for r in rows:
+            line = (
+                f"{r['size']:>6} {r['batch']:>6} {r['images_per_s']:>10.1f} "
+                f"{r['ms_per_image']:>10.2f} {r['images_per_cpu_s']:>13.1f}"
+            )
+            if len(cases) > 1:
+                line += f" {r['vs_first']:>9.2f}  {r['options']}"
+            print(line)
+        results.extend(rows)
+    if ns.quality:
+        print(f"\nagainst {ns.reference} (grey levels 0-255, same identities and poses):")
+        print(f"{'size':>6} {'mean abs':>9} {'p99.9':>7} {'> 16':>7}  options")
+        for r in results:
+            print(
+                f"{r['size']:>6} {r['mean_abs_diff']:>9.2f} {r['p99_9_abs_diff']:>7.1f} "
+                f"{r['share_off_by_over_16']:>7.2%}  {r['options']}"
+            )
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(
+                {
+                    "renderer": ns.renderer,
+                    "threads": ns.threads,
+                    "cores": cores,
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     if ns.profile:
         if ns.renderer != "procedural":
             p.error("--profile splits the procedural renderer's stages only")
