@@ -147,8 +147,15 @@ def test_augmented_labelled_images_agree_with_their_labels(
     big = np.minimum(gap, 360 - gap) > 10
     assert big.sum() >= 3, turns
     assert np.all(here[big] < 0.6 * opposite[big]), (here, opposite, turns)
-    moved = geometry.geodesic_error(stored, R) > 5
-    assert np.all(here[moved] < 0.6 * untransformed[moved]), (here, untransformed)
+    # Against the stored (untransformed) label: below 10 deg of turn the two labels' renders are
+    # within blur of each other (measured at 6 deg: here / untransformed up to 0.72 with the 2x2
+    # grid, 0.84 with quincunx anti-aliasing), so there it must only be worse; beyond, clearly.
+    # (The slight augmentation's draws here turn 1.6-8.6 deg; the full one's go beyond 10.)
+    moved = geometry.geodesic_error(stored, R)
+    assert (moved > 5).sum() >= 3, moved
+    assert np.all(here[moved > 5] < 0.9 * untransformed[moved > 5]), (here, untransformed, moved)
+    far = moved > 10
+    assert np.all(here[far] < 0.6 * untransformed[far]), (here, untransformed, moved)
 
 
 @pytest.mark.parametrize("pipeline", ["epoch", "run"])
