@@ -299,12 +299,13 @@ class PretrainSection(OptimSection):
     )
 
     time_limit_s: float | None = Field(
-        400.0,
+        390.0,
         gt=0,
         description="wall time of the pretraining epochs: from epoch 2 on, the run stops at the "
         "step where the time runs out, inside an epoch if need be (the rest of the laptop "
-        "default's job took 160-216 s on two VMs with a one-actor pool, about 10 s less with "
-        "data.pool_render_actors=2: 400 s keeps the job within 10 minutes there); None: no limit",
+        "default's job took 150-216 s on three VMs, 180-190 s on the slowest, where 16 "
+        "test-time views cost about 11 s more than 8: 390 s keeps the job within 10 minutes "
+        "there); None: no limit",
     )
 
     m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")
@@ -362,10 +363,11 @@ class HeadSection(OptimSection):
         "is small, its steps are cheap in float32, and its inputs are standardised features",
     )
     time_limit_s: float | None = Field(240.0, gt=0, description="as in pretrain")
-    views: Literal[1, 2, 8] = Field(
-        8,
+    views: Literal[1, 2, 8, 16] = Field(
+        16,
         description="test-time views of the registered model: 1 the image, 2 and its mirror, "
-        "8 the quarter turns of both; mapped back by the exact label transforms and averaged",
+        "8 the quarter turns of both, 16 those of the image and of the image turned 45 deg; "
+        "mapped back by the exact label transforms and averaged",
     )
 
 

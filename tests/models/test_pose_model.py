@@ -179,13 +179,92 @@ def test_two_views_make_predictions_mirror_equivariant(images):
 def test_views_are_validated_and_kept_by_save_and_load(tmp_path, images):
     with pytest.raises(ValueError, match="views must be one of"):
         PoseModel(create_encoder(**SMALL), create_head(EMB, in_dim=16), views=4)
-    model = _views_model(8)
+    model = _views_model(16)
     save_model(model, None, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
-    assert loaded.views == 8
+    assert loaded.views == 16
     np.testing.assert_allclose(_predict(loaded, images), _predict(model, images), atol=1e-6)
     # A model saved before views existed loads as single-view.
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     del meta["views"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     assert load_model(str(tmp_path / "m")).views == 1
+
+
+def test_rotate_images_turns_as_the_augmentation_does_inside_the_disc():
+    """rotate_images (torch grid_sample) against augment.rotate (PIL's affine transform of the
+    reflection-padded image): the same bilinear samples wherever the turn reads from inside the
+    image, so within PIL's uint8 rounding (up to 1 grey level here); the other sense is far off,
+    so the test sees it. In the corners the two reflections differ by about a pixel."""
+    from clerf_ray.augment import rotate
+    from clerf_ray.models.pose_model import rotate_images
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    x = torch.as_tensor(img, dtype=torch.float32).permute(2, 0, 1)[None]
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    inside = np.hypot(xx - 16, yy - 16) < 15.0  # pixels whose samples lie in the image
+    for deg in (45.0, 30.0, -45.0):
+        want = rotate(img, np.eye(3), deg, fill="edge")[0].astype(np.float64)
+        got = rotate_images(x, deg)[0].permute(1, 2, 0).double().numpy()
+        assert np.abs(got - want)[inside].max() <= 1.5, deg
+        other = rotate_images(x, -deg)[0].permute(1, 2, 0).double().numpy()
+        assert np.abs(other - want)[inside].mean() > 20.0, deg
+    # The corners: on a smooth image (at most 3 grey levels per pixel), reflecting about the
+    # border or about the edge pixels' centres is the same to a few grey levels; a constant
+    # fill is not.
+    cols, rows = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 32))
+    smooth = np.stack(
+        [80 + 90 * cols, 60 + 100 * rows, 128 + 60 * np.sin(3 * cols + 2 * rows)], axis=-1
+    ).astype(np.uint8)
+    want = rotate(smooth, np.eye(3), 45.0, fill="edge")[0].astype(np.float64)
+    xs = torch.as_tensor(smooth, dtype=torch.float32).permute(2, 0, 1)[None]
+    got = rotate_images(xs, 45.0)[0].permute(1, 2, 0).double().numpy()
+    assert np.abs(got - want)[~inside].max() <= 8.0
+    with pytest.raises(ValueError, match="square"):
+        rotate_images(torch.zeros(1, 3, 8, 6), 45.0)
+
+
+def test_sixteen_views_make_predictions_equivariant(images):
+    """The 45 deg views commute with quarter turns and mirrors of the square grid, so 16 views
+    keep the equivariance of 8 (checked with numpy's rot90 and slicing)."""
+    model = _views_model(16)
+    R = _predict(model, images)
+    turned = _predict(model, np.rot90(images, 1, axes=(1, 2)))
+    mirrored = _predict(model, images[:, :, ::-1])
+    assert geometry.geodesic_error(turned, geometry.rotate_label(R, 90.0)).max() < 0.1
+    assert geometry.geodesic_error(mirrored, geometry.hflip_label(R)).max() < 0.1
+
+
+def test_sixteen_views_average_the_back_mapped_predictions_of_both_images(images):
+    """The 16-view prediction against a brute force: the single-view head on the 8 dihedral
+    views (numpy's rot90 and flips) of the image and of the image turned by 45 deg (by
+    rotate_images, checked against PIL above), each mapped back through its inverse label
+    transforms and the 16 averaged with scipy's ``Rotation.mean``. It differs from the 8-view
+    prediction, so the turned views count."""
+    from scipy.spatial.transform import Rotation
+
+    from clerf_ray.models.pose_model import rotate_images
+
+    single, multi = _views_model(1), _views_model(16)
+    x = single.preprocess(images)
+    back = []
+    for base, base_deg in ((x, 0.0), (rotate_images(x, 45.0), 45.0)):
+        arr = base.numpy()
+        for turns in range(4):
+            for mirror in (False, True):
+                v = arr[..., ::-1] if mirror else arr
+                v = np.rot90(v, turns, axes=(2, 3))
+                with torch.no_grad():
+                    P = single(torch.as_tensor(np.ascontiguousarray(v))).double().numpy()
+                P = geometry.rotate_label(P, -90.0 * turns)
+                P = geometry.hflip_label(P) if mirror else P
+                back.append(geometry.rotate_label(P, -base_deg))
+    back = np.stack(back, axis=1)  # (B, 16, 3, 3)
+    expected = np.stack([Rotation.from_matrix(b).mean().as_matrix() for b in back])
+    got = _predict(multi, images)
+    assert geometry.geodesic_error(got, expected).max() < 0.05
+    assert geometry.geodesic_error(got, _predict(_views_model(8), images)).min() > 0.2
+    # The 45 deg half alone, averaged: not what 16 views give either.
+    half = np.stack([Rotation.from_matrix(b[8:]).mean().as_matrix() for b in back])
+    assert geometry.geodesic_error(got, half).min() > 0.2
