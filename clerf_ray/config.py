@@ -299,13 +299,13 @@ class PretrainSection(OptimSection):
     )
 
     time_limit_s: float | None = Field(
-        390.0,
+        380.0,
         gt=0,
         description="wall time of the pretraining epochs: from epoch 2 on, the run stops at the "
         "step where the time runs out, inside an epoch if need be (the rest of the laptop "
-        "default's job took 150-216 s on three VMs, 180-190 s on the slowest, where 16 "
-        "test-time views cost about 11 s more than 8: 390 s keeps the job within 10 minutes "
-        "there); None: no limit",
+        "default's job took 150-216 s on three VMs, about 200 s by the wall clock on the "
+        "slowest with 16 test-time views: 380 s keeps the job within 10 minutes there); None: "
+        "no limit",
     )
 
     m: float = Field(0.25, ge=0, le=1, description="Circle Loss relaxation margin")

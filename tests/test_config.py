@@ -190,7 +190,7 @@ def test_the_documented_laptop_defaults():
     assert cfg.data.pool_render_actors == 2
     assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr) == (12, 64, 4e-3)
     assert (cfg.head.epochs, cfg.head.passes) == (4, 4)
-    assert cfg.pretrain.time_limit_s == 390.0
+    assert cfg.pretrain.time_limit_s == 380.0
     assert (cfg.head.num_samples, cfg.head.draws, cfg.head.views) == (8192, 4, 16)
     assert cfg.model.head_hidden == (512, 512) and cfg.model.head_input == "feature_map"
     assert cfg.pretrain.augment_in == "loop"
