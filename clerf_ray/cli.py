@@ -183,6 +183,13 @@ def _promote(ns: argparse.Namespace) -> int:
             "held-out eval.identities the training run logged, else 2000000 2100000)",
         ),
         arg("--turn", choices=["yaw", "roll"], default="yaw", help="turn of the embedding plot"),
+        arg(
+            "--views",
+            type=int,
+            choices=[1, 2, 8, 16],
+            default=None,
+            help="test-time views of every model (default: each model's registered head.views)",
+        ),
         arg("--no-plots", action="store_true", help="skip the figures"),
         arg("--tracking-uri", default=None, help="MLflow tracking URI"),
         arg("--experiment", default="clerf-eval", help="MLflow experiment of the evaluation runs"),
@@ -213,6 +220,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
             experiment=ns.experiment,
             plots=not ns.no_plots,
             turn=ns.turn,
+            views=ns.views,
         )
     except (LookupError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"clerf evaluate: {e}") from None

@@ -120,6 +120,7 @@ def run_evaluation(
     worst_k: int = 16,
     turn: str = "yaw",
     log_mlflow: bool = True,
+    views: int | None = None,
 ) -> EvaluationReport:
     """Evaluate registered models on one set and its variants; write the table, plots, MLflow.
 
@@ -143,6 +144,8 @@ def run_evaluation(
         plots: draw the figures (``clerf_ray.plots``).
         worst_k: worst cases shown per model and variant.
         turn: ``"yaw"`` or ``"roll"``, the 360 deg turn whose embedding is plotted.
+        views: test-time views every model predicts with (``PoseModel.views``: 1, 2, 8 or 16)
+            instead of the ones it was registered with; None keeps each model's own.
 
     Returns:
         An :class:`EvaluationReport`.
@@ -154,6 +157,10 @@ def run_evaluation(
         raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     if not models:
         raise ValueError("--model: give at least one registered model")
+    from clerf_ray.models.pose_model import VIEWS
+
+    if views is not None and views not in VIEWS:
+        raise ValueError(f"--views: {views!r} is not one of {list(VIEWS)}")
     registry.setup(tracking_uri, experiment if log_mlflow else None)
     # The first GPU when there is one: evaluation is one process, not a Ray job.
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -161,6 +168,9 @@ def run_evaluation(
     for ref in models:
         _log(f"loading {ref} on {device}")
         loaded[ref] = registry.load_registered(ref).to(device)
+        if views is not None:
+            loaded[ref].views = int(views)
+        _log(f"{ref}: {loaded[ref].views} test-time view(s)")
     sizes = [m.encoder.image_size for m in loaded.values()]
     render = resolve_render_settings(
         models,
@@ -244,7 +254,9 @@ def run_evaluation(
     (out / "results.md").write_text(
         f"Evaluation on `{data}`"
         + (" (AFLW2000 protocol, |angles| <= 99 deg)" if aflw_protocol else "")
-        + f", {len(base)} samples; angles in degrees.\n\n"
+        + f", {len(base)} samples; angles in degrees; test-time views: "
+        + ", ".join(f"{ref} {m.views}" for ref, m in loaded.items())
+        + ".\n\n"
         + (f"Renders: {render.describe()}.\n\n" if data == "synthetic" else "")
         + table
     )

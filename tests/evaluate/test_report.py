@@ -383,3 +383,43 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def test_views_override_predicts_with_the_views_asked_for(store, labelled_set, tmp_path):
+    """``views=8`` (``clerf evaluate --views 8``) on a model registered with one view: the
+    errors are those of that model with 8 views, predicted here on the resized images, not the
+    single view's; the report names the views; a value PoseModel lacks is refused."""
+    import copy
+
+    import torch
+
+    uri, model = store
+    path, images, R = labelled_set
+    small = np.stack(
+        [np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images]
+    )
+    true = R.astype(np.float32).astype(np.float64)
+    by_views = {}
+    for views in (1, 8):
+        m = copy.deepcopy(model)
+        m.views = views
+        with torch.no_grad():
+            pred = m(m.preprocess(small)).double().numpy()
+        by_views[views] = np.mean([_geo(p, t) for p, t in zip(pred, true, strict=True)])
+    assert abs(by_views[8] - by_views[1]) > 0.1  # the views change the answer
+    report = evaluate.run_evaluation(
+        ["tiny-head@candidate"],
+        path,
+        variants=["standard"],
+        out=tmp_path / "out",
+        tracking_uri=uri,
+        plots=False,
+        log_mlflow=False,
+        views=8,
+    )
+    assert report.rows[0]["geodesic_mean"] == pytest.approx(by_views[8], abs=1e-3)
+    assert (
+        "test-time views: tiny-head@candidate 8." in (tmp_path / "out" / "results.md").read_text()
+    )
+    with pytest.raises(ValueError, match="--views: 4 is not one of"):
+        evaluate.run_evaluation(["tiny-head@candidate"], path, tracking_uri=uri, views=4)
