@@ -32,7 +32,8 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     so that no constant-coloured corner tells the angle.
 
     In torch rather than with ``augment.rotate`` (PIL, uint8 HWC): the model's input is already a
-    normalised float tensor, and it may sit on a GPU. ``grid_sample`` reflects about the border
+    normalised float tensor, and it may sit on a GPU. Written on ``affine_grid``/``grid_sample``
+    because torchvision's ``rotate`` fills the corners with a constant. ``grid_sample`` reflects about the border
     itself, where ``augment.rotate`` reflects about the edge pixels' centres, which moves the
     outermost corner pixels a little; the rest agree to a grey level (tests/models).
     """
